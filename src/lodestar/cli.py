@@ -22,8 +22,9 @@ app = typer.Typer(
     help="Lodestar: a learned LLM inference router, and the simulator that measures it.",
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Wide enough for the summary table when output is piped (rich assumes 80 columns then).
+out = Console(width=None if sys.stdout.isatty() else 130)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 130)
 
 DEFAULT_SCENARIO = "synthetic-chat"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lodestar.data_paths import resolve_data_path
+from lodestar.engine.engine import EngineConfig
 from lodestar.engine.perf_model import PerfModel
 from lodestar.errors import UserError
 from lodestar.policies.base import build_policy
@@ -20,13 +21,13 @@ from lodestar.sim.runner import RunRecord, Simulation
 from lodestar.sim.scenario import Scenario, load_scenario
 
 
-def cluster_instances(sc: Scenario) -> list[tuple[PerfModel, int, int]]:
-    """(perf model, max_num_batched_tokens, max_num_seqs) per initial instance, for capacity estimates."""
-    out = []
+def cluster_instances(sc: Scenario) -> list[tuple[PerfModel, EngineConfig]]:
+    """(perf model, engine settings) per initial instance, for capacity estimates."""
+    out: list[tuple[PerfModel, EngineConfig]] = []
     for g in sc.cluster.instances:
         cfg = g.engine.merged_over(sc.cluster.engine)
         perf = PerfModel.create(g.gpu, g.model, g.tp)
-        out.extend([(perf, cfg.max_num_batched_tokens, cfg.max_num_seqs)] * g.count)
+        out.extend([(perf, cfg)] * g.count)
     return out
 
 
@@ -39,7 +40,7 @@ def scenario_requests(sc: Scenario, seed: int, duration_s: float | None = None) 
         spec["path"] = str(resolve_data_path(spec["path"], sc.base_dir))
     if duration_s is not None:
         spec["duration_s"] = min(float(spec.get("duration_s", duration_s)), duration_s)
-    return load_workload(spec, sc.base_dir, seed, cluster_instances(sc))
+    return load_workload(spec, sc.base_dir, seed, instances=cluster_instances(sc))
 
 
 def run_one(

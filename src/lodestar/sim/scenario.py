@@ -46,8 +46,11 @@ class InstanceGroup(_Strict):
 
     @model_validator(mode="after")
     def _known_names(self) -> InstanceGroup:
-        get_gpu(self.gpu)
-        get_model(self.model)
+        try:
+            get_gpu(self.gpu)
+            get_model(self.model)
+        except UserError as e:
+            raise ValueError(str(e)) from None
         if self.tp not in (1, 2, 4, 8):
             raise ValueError(f"tp must be 1, 2, 4 or 8, got {self.tp}")
         return self
