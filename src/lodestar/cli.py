@@ -90,7 +90,17 @@ class _Progress:
 
 def _summary_table(results: list[dict[str, Any]], title: str) -> Table:
     t = Table(title=title)
-    for col in ["policy", "seed", "done/total", "TTFT mean", "p50", "p99", "TPOT mean", "E2E mean", "prefix hit"]:
+    for col in [
+        "policy",
+        "seed",
+        "done/total",
+        "TTFT mean",
+        "p50",
+        "p99",
+        "TPOT mean",
+        "E2E mean",
+        "prefix hit",
+    ]:
         t.add_column(col, justify="right" if col != "policy" else "left")
     for r in results:
         q, f, p, e = r["requests"], r["ttft_s"], r["tpot_s"], r["e2e_s"]

@@ -46,8 +46,8 @@ class EngineCounters:
     __slots__ = (
         "generation_tokens",
         "preemptions",
-        "prefix_queries",
         "prefix_hits",
+        "prefix_queries",
         "prompt_tokens",
         "requests_finished",
         "ttft_count",
@@ -82,9 +82,9 @@ class Seq:
         "matched",
         "phase",
         "prompt",
+        "refs",
         "reg_idx",
         "reg_pos",
-        "refs",
         "req",
     )
 

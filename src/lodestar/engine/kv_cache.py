@@ -38,7 +38,15 @@ def segment_blocks(start: int, end: int, bs: int) -> int:
 
 
 class KVCache:
-    __slots__ = ("block_size", "entries", "evictable", "evictable_blocks", "free_plain", "num_blocks", "prefix_caching")
+    __slots__ = (
+        "block_size",
+        "entries",
+        "evictable",
+        "evictable_blocks",
+        "free_plain",
+        "num_blocks",
+        "prefix_caching",
+    )
 
     def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True) -> None:
         if num_blocks <= 0:

@@ -12,7 +12,7 @@ from typing import Any
 
 from lodestar.cluster_view import ClusterView
 from lodestar.engine.projection import project_ttft
-from lodestar.policies.base import Policy, register_policy
+from lodestar.policies.base import Policy, PolicyParams, register_policy
 from lodestar.request import RequestInfo
 
 
@@ -22,7 +22,7 @@ class OraclePolicy(Policy):
     description = "SIM ONLY: greedy clairvoyant; the endpoint with the least true projected TTFT."
     sim_only = True
 
-    def __init__(self, params=None, seed: int = 0) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, params: PolicyParams | None = None, seed: int = 0) -> None:
         super().__init__(params, seed)
         self._sim: Any = None
 

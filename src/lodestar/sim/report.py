@@ -59,7 +59,10 @@ def _markdown(sc: Scenario, agg: dict[str, dict[str, Any]]) -> str:
         )
     any_a = next(iter(agg.values()), None)
     if any_a is not None:
-        lines += ["", f"Ideal (no-queueing) TTFT mean: {any_a['ideal_ttft_s_mean']:.3f} s. Seeds: {any_a['seeds']}."]
+        lines += [
+            "",
+            f"Ideal (no-queueing) TTFT mean: {any_a['ideal_ttft_s_mean']:.3f} s. Seeds: {any_a['seeds']}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -113,9 +116,7 @@ def _plots(out_dir: Path, results: list[dict[str, Any]], records: list[RunRecord
 def write_compare(out_dir: Path, sc: Scenario, results: list[dict[str, Any]], records: list[RunRecord]) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     agg = aggregate(results)
-    (out_dir / "summary.json").write_text(
-        json.dumps({"scenario": sc.name, "runs": results, "policies": agg}, indent=2)
-    )
+    (out_dir / "summary.json").write_text(json.dumps({"scenario": sc.name, "runs": results, "policies": agg}, indent=2))
     md = _markdown(sc, agg)
     (out_dir / "summary.md").write_text(f"# lodestar compare: {sc.name}\n\n" + md)
     _plots(out_dir, results, records)

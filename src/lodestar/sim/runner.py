@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lodestar.cluster_view import ClusterView, EngineMetrics, Endpoint, RouterBookkeeping
+from lodestar.cluster_view import ClusterView, Endpoint, EngineMetrics, RouterBookkeeping
 from lodestar.engine.engine import Engine, Seq
 from lodestar.engine.perf_model import PerfModel
 from lodestar.policies.base import Policy
@@ -196,18 +196,19 @@ class Simulation:
             if kind == STEP:
                 self._on_step_end(payload, t)  # type: ignore[arg-type]
             elif kind == ARRIVAL:
+                pos = int(payload)  # type: ignore[call-overload]
                 w0 = time.perf_counter()
-                self._route(reqs[payload], t, failover=False)  # type: ignore[index]
+                self._route(reqs[pos], t, failover=False)
                 decision_wall += time.perf_counter() - w0
                 decisions += 1
-                if self.progress is not None and payload % report_every == 0:  # type: ignore[operator]
-                    self.progress(payload + 1, n)  # type: ignore[operator]
+                if self.progress is not None and pos % report_every == 0:
+                    self.progress(pos + 1, n)
             elif kind == SCRAPE:
                 for idx, eng in enumerate(self.engines):
                     if eng.alive:
                         self._pending_scrapes[idx].append((t + delay, snapshot(eng, t)))
             else:
-                self._on_scenario_event(payload, t)  # type: ignore[arg-type]
+                self._on_scenario_event(payload, t)
         if self.progress is not None:
             self.progress(n, n)
         return RunRecord(
