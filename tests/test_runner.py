@@ -158,3 +158,18 @@ def test_oracle_beats_random_and_is_bounded_by_ideal():
     ora, _ = _run(sc, "oracle", reqs=reqs)
     assert ora["ttft_s"]["mean"] < rnd["ttft_s"]["mean"]
     assert ora["ideal_ttft_s"]["mean"] <= ora["ttft_s"]["mean"]
+
+
+def test_decode_runs_match_step_by_step(monkeypatch):
+    """Fast-forwarded decode stretches give the same timings as simulating every step."""
+    from lodestar.engine import decode_run
+
+    sc = scenario(router={"scrape_interval_s": 0.05})
+    reqs = workload(n=300, rate=8)
+    _fast, rec_fast = _run(sc, "least-request", reqs=reqs)
+    monkeypatch.setattr(decode_run, "MIN_RUN", 10**9)
+    _slow, rec_slow = _run(sc, "least-request", reqs=reqs)
+    assert rec_fast.events < rec_slow.events / 2  # the fast path really skipped steps
+    np.testing.assert_allclose(rec_fast.ttft, rec_slow.ttft, rtol=1e-9)
+    np.testing.assert_allclose(rec_fast.e2e, rec_slow.e2e, rtol=1e-9)
+    np.testing.assert_array_equal(rec_fast.instance, rec_slow.instance)

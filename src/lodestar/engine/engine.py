@@ -22,11 +22,14 @@ counter, and the steps at which each one needs its next KV block or finishes are
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass
 
+from lodestar.engine import decode_run
 from lodestar.engine.kv_cache import CacheEntry, KVCache
 from lodestar.engine.perf_model import PerfModel
+from lodestar.engine.phases import DECODE, DONE, PREFILL, WAITING
 from lodestar.request import Request
 
 
@@ -63,9 +66,6 @@ class EngineCounters:
         self.requests_finished = 0
         self.ttft_sum = 0.0
         self.ttft_count = 0
-
-
-WAITING, PREFILL, DECODE, DONE = 0, 1, 2, 3
 
 
 class Seq:
@@ -126,6 +126,8 @@ class Engine:
         self.step_idx = 0  # steps completed
         self.block_due: dict[int, list[tuple[Seq, int]]] = {}
         self.finish_due: dict[int, list[tuple[Seq, int]]] = {}
+        self.finish_keys: list[int] = []  # heap of finish_due keys (lazily cleaned)
+        self.run: decode_run.DecodeRun | None = None  # the decode run in progress, if any (decode_run.py)
         self.busy_until: float | None = None  # end time of the step in progress
         self.slowdown = 1.0
         self.alive = True
@@ -171,6 +173,10 @@ class Engine:
                 if self._alloc_or_preempt(seq, 1):
                     seq.blocks += 1
                     self._due(self.block_due, k + cfg.block_size, seq)
+        run_end = decode_run.try_decode_run(self, now, k)
+        if run_end is not None:
+            self._chunks = []
+            return run_end
         budget -= self.n_dec
         # 2. partial prefills, in admission order
         chunks: list[tuple[Seq, int]] = []
@@ -230,9 +236,13 @@ class Engine:
 
     def finish_step(self, now: float) -> tuple[list[Seq], list[Seq]]:
         """Apply the step that ends at `now`. Returns (sequences that emitted their first token, completed ones)."""
-        k = self.step_idx
         firsts: list[Seq] = []
         done: list[Seq] = []
+        if self.run is not None:
+            k = decode_run.finish_decode_run(self)
+            self._finish_decoders(k, done)
+            return firsts, done
+        k = self.step_idx
         counters = self.counters
         if self._step_has_decode:
             counters.generation_tokens += self.n_dec
@@ -257,6 +267,11 @@ class Engine:
                 else:
                     self._start_decode(seq, k + 1)
         self._chunks = []
+        self._finish_decoders(k, done)
+        return firsts, done
+
+    def _finish_decoders(self, k: int, done: list[Seq]) -> None:
+        """Complete the decoders whose last token came in step k; step k is then over."""
         fin = self.finish_due.pop(k, None)
         if fin:
             for seq, ep in fin:
@@ -266,7 +281,20 @@ class Engine:
                     done.append(seq)
         self.step_idx = k + 1
         self.busy_until = None
-        return firsts, done
+
+    def interrupt(self, now: float) -> float | None:
+        """Something reached the engine at `now` mid decode run: end the run after the step in progress.
+
+        Returns the new end of the current step, or None if the schedule did not change."""
+        return decode_run.interrupt(self, now)
+
+    def generation_tokens_at(self, t: float) -> int:
+        """The generation-token counter as a scrape at time t (inside a decode run) sees it."""
+        return self.counters.generation_tokens + self.n_dec * decode_run.steps_done_by(self, t)
+
+    def steps_started_by(self, now: float) -> int:
+        """Index of the step in progress (or next) at `now`, counting steps of a decode run."""
+        return self.step_idx + decode_run.steps_done_by(self, now)
 
     # ---- internals -------------------------------------------------------------------------------------------
     @staticmethod
@@ -276,6 +304,11 @@ class Engine:
             buckets[step] = [(seq, seq.epoch)]
         else:
             b.append((seq, seq.epoch))
+
+    def _due_finish(self, step: int, seq: Seq) -> None:
+        if step not in self.finish_due:
+            heapq.heappush(self.finish_keys, step)
+        self._due(self.finish_due, step, seq)
 
     def _start_decode(self, seq: Seq, d0: int) -> None:
         """`seq` decodes from global step d0 on; bucket its next block boundary and its completion."""
@@ -288,7 +321,7 @@ class Engine:
         # KV slots needed at step j: prompt + (j - d0) + 1; a new block is due when that exceeds total_blocks*bs
         self._due(self.block_due, d0 + total_blocks * bs - seq.prompt, seq)
         remaining = seq.req.output_tokens - seq.generated
-        self._due(self.finish_due, d0 + remaining - 1, seq)
+        self._due_finish(d0 + remaining - 1, seq)
 
     def _stop_decode(self, seq: Seq, last_step: int) -> None:
         """Leave the decode set after step `last_step` ran (inclusive)."""
@@ -381,6 +414,7 @@ class Engine:
     def fail(self) -> list[Seq]:
         """The instance dies: returns every unfinished sequence (the caller decides failover or loss)."""
         self.alive = False
+        self.run = None
         lost = list(self.running) + list(self.waiting)
         for s in lost:
             if s.phase == DECODE:

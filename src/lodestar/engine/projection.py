@@ -12,8 +12,9 @@ no KV pressure, no completions are assumed (a greedy clairvoyant estimate, not a
 
 from __future__ import annotations
 
-from lodestar.engine.engine import PREFILL, Engine
+from lodestar.engine.engine import Engine
 from lodestar.engine.perf_model import PerfModel
+from lodestar.engine.phases import PREFILL
 from lodestar.request import Request
 
 _MAX_STEPS = 4096
@@ -38,7 +39,12 @@ def project_ttft(engine: Engine, req: Request, now: float) -> float:
         return float("inf")
     kv = engine.kv
     cfg = engine.cfg
-    t = engine.busy_until if engine.busy_until is not None else now
+    busy = engine.busy_until is not None
+    t = now
+    if engine.run is not None:
+        t = engine.run.end_of(min(engine.run.done_by(now) + 1, engine.run.steps))
+    elif engine.busy_until is not None:
+        t = engine.busy_until
     in_step = {id(s): c for s, c in engine._chunks}
     queue: list[tuple[int, int]] = []  # (remaining tokens, context before them)
     for s in engine.prefilling:
@@ -52,7 +58,7 @@ def project_ttft(engine: Engine, req: Request, now: float) -> float:
     hit, _ = kv.match(req.segment_keys, req.segment_tokens, req.prompt_tokens - 1)
     queue.append((req.prompt_tokens - hit, hit))
     n_dec = engine.n_dec
-    k = engine.step_idx + (1 if engine.busy_until is not None else 0)
+    k = engine.steps_started_by(now) + (1 if busy else 0)
     ctx = engine.dec_ctx_base + n_dec * k
     per_step = max(1, cfg.max_num_batched_tokens - n_dec)
     qi = 0

@@ -78,7 +78,7 @@ def snapshot(engine: Engine, at: float) -> EngineMetrics:
         prefix_cache_queries=float(c.prefix_queries),
         prefix_cache_hits=float(c.prefix_hits),
         prompt_tokens_total=float(c.prompt_tokens),
-        generation_tokens_total=float(c.generation_tokens),
+        generation_tokens_total=float(engine.generation_tokens_at(at)),
         num_preemptions_total=float(c.preemptions),
         ttft_sum=c.ttft_sum,
         ttft_count=float(c.ttft_count),
@@ -151,11 +151,11 @@ class Simulation:
         heapq.heappush(self._heap, (t, kind, self._n, kind, payload))
 
     def _start(self, idx: int, now: float) -> None:
+        """Make engine idx notice a change at `now`: start a step if idle, or cut a decode run short."""
         eng = self.engines[idx]
-        if eng.busy_until is None:
-            end = eng.start_step(now)
-            if end is not None:
-                self._push(end, STEP, idx)
+        end = eng.start_step(now) if eng.busy_until is None else eng.interrupt(now)
+        if end is not None:
+            self._push(end, STEP, idx)
 
     # ---- the loop --------------------------------------------------------------------------------------------
     def run(self, until_s: float | None = None) -> RunRecord:
@@ -311,6 +311,7 @@ class Simulation:
         eng = self.engines[idx]
         if ev.slowdown is not None:
             eng.slowdown = ev.slowdown
+            self._start(idx, now)  # a decode run in progress was timed at the old speed
             return
         if ev.fail and eng.alive:
             lost = eng.fail()
