@@ -112,8 +112,8 @@ def estimate_capacity_rps(
     request.
 
     `instances`: one `(PerfModel, settings)` per instance (not per group). `hit_ratio`: achievable prefix hit
-    ratio by tokens; None = random routing over the instances (`spread_cache_hits`). Raises `UserError` for an empty workload or
-    cluster.
+    ratio by tokens; None = random routing over the instances (`spread_cache_hits`). Raises `UserError` for an
+    empty workload or cluster.
     """
     if not instances:
         raise UserError("the cluster has no instances; cannot estimate its capacity")
