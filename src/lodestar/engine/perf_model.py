@@ -39,7 +39,7 @@ from lodestar.errors import UserError
 # Fitted on Vidur A100 + H100 operator profiles (GEMM ops and element-wise ops fitted separately, TP 1-8).
 GEMM_EFF = 0.72  # fraction of dense BF16 peak reached by the linear-layer GEMMs when compute-bound
 MEM_EFF = 0.86  # fraction of spec memory bandwidth reached streaming weights, KV and activations
-LAYER_FLOOR_S = 45e-6  # per decoder layer: minimum time of its ~10 kernels (32 us GEMMs + 15 us element-wise)
+LAYER_FLOOR_S = 45e-6  # per decoder layer: minimum time of its ~10 kernels (~34 us GEMMs + ~11 us element-wise)
 ELEM_REPLICATED = 10.6  # element-wise traffic per token and layer, in units of d_model * 2 bytes, on every TP rank
 ELEM_SHARDED = 7.4  # element-wise traffic per token and layer, in units of d_ff * 2 bytes, split across TP ranks
 # Not identifiable from the data we have (attention is <3% of every prefill calibration point): a prior.
