@@ -1,0 +1,1 @@
+"""The learned router: features, online reward predictors, rewards, the `lodestar` policy, persistence."""
