@@ -19,7 +19,26 @@ from collections import deque
 
 import numpy as np
 
-from lodestar.learner.features import N_FEATURES
+from lodestar.learner.features import FEATURES, N_FEATURES
+
+
+# Physical sign constraints: more work, more decoding or a fuller cache never shortens the TTFT; the age of the oldest
+# request still waiting can only mean that up to that much of the queue has drained (coefficient in [-1, 0]).
+LOWER = np.array([-np.inf if f == "bias" else (-1.0 if f == "oldest_wait_s" else 0.0) for f in FEATURES])
+UPPER = np.array([0.0 if f == "oldest_wait_s" else np.inf for f in FEATURES])
+CD_SWEEPS = 30
+
+
+def bounded_solve(A: np.ndarray, b: np.ndarray, theta0: np.ndarray) -> np.ndarray:
+    """argmin 1/2 t'At - b't subject to LOWER <= t <= UPPER, for a stack of problems (projected coordinate descent,
+    warm-started at theta0; A positive definite)."""
+    t = np.clip(theta0, LOWER, UPPER)
+    diag = np.einsum("kii->ki", A)
+    for _ in range(CD_SWEEPS):
+        for j in range(A.shape[1]):
+            r = b[:, j] - np.einsum("kd,kd->k", A[:, j, :], t) + diag[:, j] * t[:, j]
+            t[:, j] = np.clip(r / diag[:, j], LOWER[j], UPPER[j])
+    return t
 
 
 class OnlineLinearModel:
@@ -65,7 +84,7 @@ class OnlineLinearModel:
             b0 = M @ theta0
         self.A = np.concatenate([self.A, A0[None]])
         self.b = np.concatenate([self.b, b0[None]])
-        self.theta = np.concatenate([self.theta, np.linalg.solve(A0, b0)[None]])
+        self.theta = np.concatenate([self.theta, bounded_solve(A0[None], b0[None], np.zeros((1, d)))])
         self.Ainv = np.concatenate([self.Ainv, np.linalg.inv(A0)[None]])
         self.n_obs = np.append(self.n_obs, self.prior_samples if peers else 0.0)
         self.resid_var = np.append(self.resid_var, self.resid_var[peers].mean() if peers else 0.0)
@@ -110,7 +129,7 @@ class OnlineLinearModel:
         touched = np.unique(rows)
         reg = np.eye(N_FEATURES) * self.ridge
         A = self.A[touched] + reg
-        self.theta[touched] = np.linalg.solve(A, self.b[touched][:, :, None])[:, :, 0]
+        self.theta[touched] = bounded_solve(A, self.b[touched], self.theta[touched])
         self.Ainv[touched] = np.linalg.inv(A)
         return n
 

@@ -40,7 +40,7 @@ class LodestarParams(PolicyParams):
     reward: RewardSpec = Field(default_factory=RewardSpec)
     half_life_s: float = Field(60.0, gt=0)
     train_interval_s: float = Field(0.5, gt=0)
-    min_samples: int = Field(100, ge=1)
+    min_samples: int = Field(50, ge=1)
     max_rel_err: float = Field(0.5, gt=0)
     explore_beta: float = Field(1.0, ge=0)
     explore_cap: float = Field(0.25, ge=0, le=1)
@@ -97,11 +97,11 @@ class LodestarPolicy(Policy):
         X = self.features.rows(req, view, unc)
         rows = np.array([self.ttft_model.ensure(e.id, _group(e)) for e in eps])
         ttft, ttft_se = self.ttft_model.predict(rows, X)
-        ttft = np.maximum(ttft, 1e-4)
+        ttft = np.maximum(ttft, 1e-3)
         if self.tpot_model is not None:
             trows = np.array([self.tpot_model.ensure(e.id, _group(e)) for e in eps])
             tpot, tpot_se = self.tpot_model.predict(trows, X)
-            tpot = np.maximum(tpot, 1e-4)
+            tpot = np.maximum(tpot, 1e-3)
         else:
             tpot = tpot_se = np.zeros(len(eps))
         out_tokens = float(req.max_tokens) if req.max_tokens else self._out_mean

@@ -12,5 +12,3 @@ from lodestar.policies import (  # noqa: F401  (registers the built-ins)
 from lodestar.policies.base import Policy, build_policy, policy_registry, register_policy
 
 __all__ = ["Policy", "build_policy", "policy_registry", "register_policy"]
-
-import lodestar.learner.policy  # noqa: E402, F401  (registers the learned policy `lodestar`)
