@@ -151,7 +151,7 @@ def test_save_load_round_trip_and_warm_start(tmp_path, hetero_runs):
     np.testing.assert_allclose(m0.theta, m1.theta)
     bad = tmp_path / "bad.npz"
     bad.write_bytes(b"not a model")
-    with pytest.raises(UserError, match="bad.npz"):
+    with pytest.raises(UserError, match=r"bad\.npz"):
         build_policy("lodestar", params={"model_path": str(bad)})
 
 

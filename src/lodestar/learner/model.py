@@ -21,7 +21,6 @@ import numpy as np
 
 from lodestar.learner.features import FEATURES, N_FEATURES
 
-
 # Physical sign constraints: more work, more decoding or a fuller cache never shortens the TTFT; the age of the oldest
 # request still waiting can only mean that up to that much of the queue has drained (coefficient in [-1, 0]).
 LOWER = np.array([-np.inf if f == "bias" else (-1.0 if f == "oldest_wait_s" else 0.0) for f in FEATURES])

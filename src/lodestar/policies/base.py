@@ -88,8 +88,9 @@ def register_policy(cls: type[Policy]) -> type[Policy]:
 
 def policy_registry() -> dict[str, type[Policy]]:
     """All registered policies by name (imports the built-in policy modules first)."""
-    import lodestar.learner.policy  # noqa: F401  (registers the learned policy `lodestar`)
-    import lodestar.policies  # noqa: F401  (registers built-ins)
+    # importing these modules registers the built-ins and the learned policy `lodestar`
+    import lodestar.learner.policy
+    import lodestar.policies  # noqa: F401
 
     return dict(sorted(_REGISTRY.items()))
 
