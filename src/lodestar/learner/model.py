@@ -115,21 +115,24 @@ class OnlineLinearModel:
             self.b *= decay
             self.n_obs *= decay
         self._last_train = now
-        n = len(self._pending)
+        pending, self._pending = self._pending, []  # swap first: `observe` may run concurrently (live gateway)
+        n = len(pending)
         if n == 0:
             return 0
-        rows = np.fromiter((p[0] for p in self._pending), dtype=np.int64, count=n)
-        X = np.stack([p[1] for p in self._pending])
-        y = np.fromiter((p[2] for p in self._pending), dtype=np.float64, count=n)
-        self._pending.clear()
+        rows = np.fromiter((p[0] for p in pending), dtype=np.int64, count=n)
+        X = np.stack([p[1] for p in pending])
+        y = np.fromiter((p[2] for p in pending), dtype=np.float64, count=n)
         np.add.at(self.A, rows, X[:, :, None] * X[:, None, :])
         np.add.at(self.b, rows, X * y[:, None])
         np.add.at(self.n_obs, rows, 1.0)
         touched = np.unique(rows)
         reg = np.eye(N_FEATURES) * self.ridge
         A = self.A[touched] + reg
-        self.theta[touched] = bounded_solve(A, self.b[touched], self.theta[touched])
-        self.Ainv[touched] = np.linalg.inv(A)
+        # copy-on-write: a concurrent `predict` sees either the old or the new coefficients, never a mix
+        theta, ainv = self.theta.copy(), self.Ainv.copy()
+        theta[touched] = bounded_solve(A, self.b[touched], theta[touched])
+        ainv[touched] = np.linalg.inv(A)
+        self.theta, self.Ainv = theta, ainv
         return n
 
     # ---- prediction -----------------------------------------------------------------------------------------
@@ -140,14 +143,87 @@ class OnlineLinearModel:
         sigma = np.sqrt(np.maximum(self.resid_var[rows], 1e-8))
         return mean, sigma * np.sqrt(np.maximum(quad, 0.0))
 
+    def predict_endpoints(self, ids: list[str], X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`predict` by endpoint id."""
+        return self.predict(np.array([self.rows[e] for e in ids]), X)
+
     def accuracy(self) -> dict[str, float]:
         """Prequential accuracy over the last (up to) 1000 scored predictions: R^2, median relative error."""
-        if len(self.recent) < 10:
-            return {"n": float(len(self.recent)), "r2": float("nan"), "rel_err": float("nan")}
-        a = np.array(self.recent)
-        p, y = a[:, 0], a[:, 1]
-        ss_res = float(((y - p) ** 2).sum())
-        ss_tot = float(((y - y.mean()) ** 2).sum())
-        r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
-        rel = float(np.median(np.abs(p - y) / np.maximum(y, 1e-3)))
-        return {"n": float(len(a)), "r2": r2, "rel_err": rel}
+        return _accuracy(self.recent)
+
+
+class PooledLinearModel:
+    """One linear model per label group (e.g. all H100s serving Llama-3-8B), shared by its endpoints, times a
+    per-endpoint speed factor.
+
+    Endpoints of the same hardware obey the same physics, so pooling their samples cuts the variance of the fit by
+    the group's size; what differs between them (one instance slowed down, a noisy neighbour) is mostly a common
+    factor, tracked per endpoint as an exponential average of log(observed / group prediction) with weight
+    `factor_alpha` per sample. The group model is trained on targets divided by the endpoint's factor.
+    Same interface as `OnlineLinearModel` (endpoint ids in, per-endpoint predictions out).
+    """
+
+    def __init__(self, half_life_s: float = 60.0, ridge: float = 1e-3, factor_alpha: float = 0.05) -> None:
+        self.inner = OnlineLinearModel(half_life_s, ridge)
+        self.factor_alpha = factor_alpha
+        self.log_factor: dict[str, float] = {}
+        self.group: dict[str, str] = {}
+        self.recent: deque[tuple[float, float]] = deque(maxlen=1000)
+        self.total_samples = 0
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {e: self.inner.rows[g] for e, g in self.group.items()}
+
+    def ensure(self, endpoint_id: str, group: str) -> int:
+        if endpoint_id not in self.group:
+            self.group[endpoint_id] = group
+            self.log_factor[endpoint_id] = 0.0
+        return self.inner.ensure(group, "all")
+
+    def forget(self, endpoint_id: str) -> None:
+        self.group.pop(endpoint_id, None)
+        self.log_factor.pop(endpoint_id, None)
+
+    def factor(self, endpoint_id: str) -> float:
+        return math.exp(self.log_factor.get(endpoint_id, 0.0))
+
+    def observe(self, endpoint_id: str, x: np.ndarray, y: float, predicted: float | None) -> None:
+        g = self.group.get(endpoint_id)
+        if g is None:
+            return
+        f = self.factor(endpoint_id)
+        base = float(x @ self.inner.theta[self.inner.rows[g]])
+        if base > 1e-3 and self.inner.n_obs[self.inner.rows[g]] > 10:
+            ratio = min(max(y / base, 0.2), 5.0)
+            lf = self.log_factor[endpoint_id]
+            self.log_factor[endpoint_id] = (1 - self.factor_alpha) * lf + self.factor_alpha * math.log(ratio)
+        self.inner.observe(g, x, y / f, None if predicted is None else predicted / f)
+        self.total_samples += 1
+        if predicted is not None:
+            self.recent.append((predicted, y))
+
+    def train(self, now: float) -> int:
+        return self.inner.train(now)
+
+    def predict_endpoints(self, ids: list[str], X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        rows = np.array([self.inner.rows[self.group[e]] for e in ids])
+        f = np.array([self.factor(e) for e in ids])
+        mean, se = self.inner.predict(rows, X)
+        return mean * f, se * f
+
+    def accuracy(self) -> dict[str, float]:
+        return _accuracy(self.recent)
+
+
+def _accuracy(recent: deque[tuple[float, float]]) -> dict[str, float]:
+    """Prequential accuracy over scored predictions: R^2 and median relative error."""
+    if len(recent) < 10:
+        return {"n": float(len(recent)), "r2": float("nan"), "rel_err": float("nan")}
+    a = np.array(recent)
+    p, y = a[:, 0], a[:, 1]
+    ss_res = float(((y - p) ** 2).sum())
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else float("nan")
+    rel = float(np.median(np.abs(p - y) / np.maximum(y, 1e-3)))
+    return {"n": float(len(a)), "r2": r2, "rel_err": rel}

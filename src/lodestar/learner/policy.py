@@ -27,7 +27,7 @@ from pydantic import Field
 
 from lodestar.cluster_view import ClusterView, Endpoint
 from lodestar.learner.features import FeatureBuilder
-from lodestar.learner.model import OnlineLinearModel
+from lodestar.learner.model import OnlineLinearModel, PooledLinearModel
 from lodestar.learner.rewards import RewardSpec, cost
 from lodestar.policies.base import Policy, PolicyParams, build_policy, register_policy
 from lodestar.request import RequestInfo
@@ -44,6 +44,7 @@ class LodestarParams(PolicyParams):
     max_rel_err: float = Field(0.5, gt=0)
     explore_beta: float = Field(1.0, ge=0)
     explore_cap: float = Field(0.25, ge=0, le=1)
+    pooled: bool = False
     index_tokens: int | None = Field(None, gt=0)
     model_path: str | None = None
     decision_log: str | None = None
@@ -68,10 +69,16 @@ class LodestarPolicy(Policy):
             raise ValueError("the fallback of 'lodestar' must be another policy")
         self.fallback = build_policy(p.fallback, seed=seed)
         self.features = FeatureBuilder(p.index_tokens)
-        self.ttft_model = OnlineLinearModel(p.half_life_s)
-        self.tpot_model = OnlineLinearModel(p.half_life_s) if p.reward.needs_tpot else None
+        model = PooledLinearModel if p.pooled else OnlineLinearModel
+        self.ttft_model: OnlineLinearModel | PooledLinearModel = model(p.half_life_s)
+        self.tpot_model: OnlineLinearModel | PooledLinearModel | None = (
+            model(p.half_life_s) if p.reward.needs_tpot else None
+        )
         self.ready = False
         self.ready_at: float | None = None
+        # True: `choose` trains on the cadence itself (simulation). A live front end sets it False and calls
+        # `train(now)` from a worker thread every `train_interval_s` (training swaps in new coefficients whole).
+        self.inline_training = True
         self._next_train = 0.0
         self._next_diag = 0.0
         self._out_mean = 200.0  # running mean of observed output tokens (for e2e when max_tokens is absent)
@@ -90,17 +97,20 @@ class LodestarPolicy(Policy):
     # ---- decisions ------------------------------------------------------------------------------------------
     def choose(self, req: RequestInfo, view: ClusterView) -> str:
         now = view.now
-        if now >= self._next_train:
+        if self.inline_training and now >= self._next_train:
             self.train(now)
         eps = view.endpoints
         unc = self.features.uncached(req, eps, now)
         X = self.features.rows(req, view, unc)
-        rows = np.array([self.ttft_model.ensure(e.id, _group(e)) for e in eps])
-        ttft, ttft_se = self.ttft_model.predict(rows, X)
+        ids = [e.id for e in eps]
+        for e in eps:
+            self.ttft_model.ensure(e.id, _group(e))
+        ttft, ttft_se = self.ttft_model.predict_endpoints(ids, X)
         ttft = np.maximum(ttft, 1e-3)
         if self.tpot_model is not None:
-            trows = np.array([self.tpot_model.ensure(e.id, _group(e)) for e in eps])
-            tpot, tpot_se = self.tpot_model.predict(trows, X)
+            for e in eps:
+                self.tpot_model.ensure(e.id, _group(e))
+            tpot, tpot_se = self.tpot_model.predict_endpoints(ids, X)
             tpot = np.maximum(tpot, 1e-3)
         else:
             tpot = tpot_se = np.zeros(len(eps))
