@@ -27,7 +27,7 @@ from pydantic import Field
 
 from lodestar.cluster_view import ClusterView, Endpoint
 from lodestar.learner.features import FeatureBuilder
-from lodestar.learner.model import OnlineLinearModel, PooledLinearModel
+from lodestar.learner.model import OnlineLinearModel
 from lodestar.learner.rewards import RewardSpec, cost
 from lodestar.policies.base import Policy, PolicyParams, build_policy, register_policy
 from lodestar.request import RequestInfo
@@ -44,7 +44,6 @@ class LodestarParams(PolicyParams):
     max_rel_err: float = Field(0.5, gt=0)
     explore_beta: float = Field(1.0, ge=0)
     explore_cap: float = Field(0.25, ge=0, le=1)
-    pooled: bool = False
     index_tokens: int | None = Field(None, gt=0)
     model_path: str | None = None
     decision_log: str | None = None
@@ -69,11 +68,8 @@ class LodestarPolicy(Policy):
             raise ValueError("the fallback of 'lodestar' must be another policy")
         self.fallback = build_policy(p.fallback, seed=seed)
         self.features = FeatureBuilder(p.index_tokens)
-        model = PooledLinearModel if p.pooled else OnlineLinearModel
-        self.ttft_model: OnlineLinearModel | PooledLinearModel = model(p.half_life_s)
-        self.tpot_model: OnlineLinearModel | PooledLinearModel | None = (
-            model(p.half_life_s) if p.reward.needs_tpot else None
-        )
+        self.ttft_model = OnlineLinearModel(p.half_life_s)
+        self.tpot_model = OnlineLinearModel(p.half_life_s) if p.reward.needs_tpot else None
         self.ready = False
         self.ready_at: float | None = None
         # True: `choose` trains on the cadence itself (simulation). A live front end sets it False and calls
