@@ -21,31 +21,34 @@ import numpy as np
 
 from lodestar.cluster_view import ClusterView, Endpoint
 from lodestar.engine.hardware import GPUS, MODELS
+from lodestar.engine.perf_model import PerfModel
 from lodestar.policies.prefix_index import PrefixIndex
 from lodestar.request import RequestInfo
 
 FEATURES = (
     "bias",
-    "uncached_ktok",  # U / 1e3
-    "queued_ktok",  # W / 1e3
-    "work_x_decoding",  # (U + W) / 1e3 * D / 1e2
+    "own_prefill_s",  # P: the calibrated latency model's prefill time of U after C cached tokens, alone
+    "queue_s",  # Q: virtual FCFS queue delay ahead of this request (see `VirtualQueue`)
+    "queue_x_decoding",  # (Q + P) * D / 1e2: decoding sequences share every step with the prefill
     "decoding_100",  # D / 1e2
-    "attn_pairs_1e7",  # U * (C + U / 2) / 1e7
-    "decode_ctx_100ktok",  # DC / 1e5
-    "work_x_decode_ctx",  # (U + W) / 1e3 * DC / 1e5
-    "kv_usage",  # scraped, 0..1 (0 when missing)
-    "work_x_kv",  # (U + W) / 1e3 * kv_usage
-    "oldest_wait_s",  # how long the oldest request still waiting for its first token has waited (A)
+    "decode_ctx_100ktok",  # DC / 1e5: decode attention reads this much KV per step
+    "wait_x_decode_ctx",  # (Q + P) * DC / 1e5
+    "kv_usage",  # scraped, 0..1 (0 when missing or stale)
+    "wait_x_kv",  # (Q + P) * kv_usage: preemption and eviction pressure
+    "uncached_ktok",  # U / 1e3
+    "queued_ktok",  # W / 1e3: uncached tokens dispatched here and not yet past their first token
+    "oldest_wait_s",  # how long the oldest request still waiting for its first token has waited
 )
 N_FEATURES = len(FEATURES)
+# Where an endpoint's TTFT model starts before it has data: the latency model's own answer (queue + own prefill).
+PHYSICS_PRIOR = np.array([1.0 if f in ("own_prefill_s", "queue_s") else 0.0 for f in FEATURES])
 DEFAULT_INDEX_TOKENS = 400_000  # per endpoint, when discovery does not say what hardware it is
+REFERENCE_HARDWARE = {"gpu": "a100-80g", "model": "llama-3-8b", "tp": "1"}  # latency shape when labels are absent
 METRICS_MAX_AGE_S = 5.0
 
 
 def kv_tokens_from_labels(labels: dict[str, str]) -> int | None:
     """KV capacity (tokens) of an endpoint from its discovery labels (gpu, model, tp), if they are known."""
-    from lodestar.engine.perf_model import PerfModel
-
     gpu, model = labels.get("gpu"), labels.get("model")
     if gpu is None or model is None or gpu not in GPUS or model not in MODELS:
         return None
@@ -53,6 +56,53 @@ def kv_tokens_from_labels(labels: dict[str, str]) -> int | None:
         return PerfModel.create(gpu, model, int(labels.get("tp", "1"))).kv_capacity_tokens()
     except Exception:  # an impossible combination: fall back to the default
         return None
+
+
+def perf_from_labels(labels: dict[str, str]) -> tuple[PerfModel, int]:
+    """Latency model and token budget for an endpoint: from its labels, else the reference hardware (the linear
+    model's per-endpoint coefficients then absorb the difference in speed)."""
+    for lab in (labels, REFERENCE_HARDWARE):
+        gpu, model = lab.get("gpu"), lab.get("model")
+        if gpu in GPUS and model in MODELS:
+            try:
+                return PerfModel.create(gpu, model, int(lab.get("tp", "1"))), int(
+                    lab.get("max_num_batched_tokens", "8192")
+                )
+            except Exception:
+                continue
+    raise AssertionError("reference hardware must be in the catalogue")
+
+
+class VirtualQueue:
+    """A per-endpoint FCFS fluid model of the prefill queue, in the router.
+
+    Each dispatched request adds its modelled prefill time (`own_prefill_s`) behind the previous one; the queue
+    delay a new request would see is `finish - now`. Every observed first token corrects the model: the request
+    finished `delta` later (or earlier) than modelled, so every request behind it shifts by `delta` (kept as one
+    offset per endpoint). Decode interference, preemption and misestimated cache hits show up as corrections.
+    """
+
+    __slots__ = ("finish", "offset", "own")
+
+    def __init__(self) -> None:
+        self.finish = float("-inf")  # modelled finish of the last dispatched prefill, before `offset`
+        self.offset = 0.0
+        self.own: dict[int, float] = {}  # request id -> its modelled finish (before `offset`)
+
+    def delay(self, now: float) -> float:
+        return max(0.0, self.finish + self.offset - now)
+
+    def push(self, req_id: int, own_s: float, now: float) -> None:
+        self.finish = max(now - self.offset, self.finish) + own_s
+        self.own[req_id] = self.finish
+
+    def first_token(self, req_id: int, now: float) -> None:
+        v = self.own.pop(req_id, None)
+        if v is not None:
+            self.offset += now - (v + self.offset)
+
+    def drop(self, req_id: int) -> None:
+        self.own.pop(req_id, None)
 
 
 class FeatureBuilder:
@@ -67,12 +117,29 @@ class FeatureBuilder:
         self.decode_ctx: dict[str, float] = {}  # endpoint -> prompt tokens of requests decoding
         # endpoint -> request id -> dispatch time, for requests awaiting their first token (dispatch order)
         self.awaiting: dict[str, dict[int, float]] = {}
+        self.vq: dict[str, VirtualQueue] = {}
+        self.perf: dict[str, tuple[PerfModel, int]] = {}
         self._known: set[str] = set()
+        self._own_cache: dict[tuple[str, int, int], float] = {}
+
+    def own_prefill_s(self, endpoint_id: str, uncached: int, cached: int) -> float:
+        """Modelled prefill time of `uncached` tokens after `cached` ones (cached, rounded to 16/256 tokens)."""
+        key = (endpoint_id, uncached >> 4, cached >> 8)
+        v = self._own_cache.get(key)
+        if v is None:
+            perf, budget = self.perf[endpoint_id]
+            v = perf.prefill_time(uncached, budget, cached)
+            if len(self._own_cache) > 200_000:
+                self._own_cache.clear()
+            self._own_cache[key] = v
+        return v
 
     def _ensure(self, ep: Endpoint) -> None:
         if ep.id in self._known:
             return
         self._known.add(ep.id)
+        self.perf[ep.id] = perf_from_labels(ep.labels)
+        self.vq[ep.id] = VirtualQueue()
         if not self._index_tokens_fixed:
             cap = kv_tokens_from_labels(ep.labels)
             if cap is not None:
@@ -100,21 +167,27 @@ class FeatureBuilder:
             kv = 0.0
             if m is not None and m.kv_cache_usage is not None and now - m.scraped_at <= METRICS_MAX_AGE_S:
                 kv = m.kv_cache_usage
-            work = (u + w) / 1e3
+            own = self.own_prefill_s(ep.id, u, c)
+            q = self.vq[ep.id].delay(now)
             waiting = self.awaiting.get(ep.id)
             age = min(now - next(iter(waiting.values())), 600.0) if waiting else 0.0
-            out[i] = (1.0, u / 1e3, w / 1e3, work * d / 1e2, d / 1e2, u * (c + u / 2) / 1e7, dc / 1e5,
-                      work * dc / 1e5, kv, work * kv, age)  # fmt: skip
+            t = q + own
+            out[i] = (1.0, own, q, t * d / 1e2, d / 1e2, dc / 1e5, t * dc / 1e5, kv, t * kv, u / 1e3, w / 1e3, age)
         return out
 
     # ---- bookkeeping (called from the policy's callbacks) ---------------------------------------------------
     def dispatched(self, req: RequestInfo, endpoint_id: str, uncached: float, now: float) -> None:
         self.queued_uncached[endpoint_id] = self.queued_uncached.get(endpoint_id, 0.0) + uncached
+        if endpoint_id in self.vq:
+            u = int(uncached)
+            self.vq[endpoint_id].push(req.id, self.own_prefill_s(endpoint_id, u, req.prompt_tokens - u), now)
         self.awaiting.setdefault(endpoint_id, {})[req.id] = now
         self.index.insert(endpoint_id, req.segment_keys, req.segment_tokens, now)
 
-    def first_token(self, req_id: int, endpoint_id: str, uncached: float, prompt_tokens: int) -> None:
+    def first_token(self, req_id: int, endpoint_id: str, uncached: float, prompt_tokens: int, now: float) -> None:
         self.awaiting.get(endpoint_id, {}).pop(req_id, None)
+        if endpoint_id in self.vq:
+            self.vq[endpoint_id].first_token(req_id, now)
         self.queued_uncached[endpoint_id] = max(0.0, self.queued_uncached.get(endpoint_id, 0.0) - uncached)
         self.decode_ctx[endpoint_id] = self.decode_ctx.get(endpoint_id, 0.0) + prompt_tokens
 
@@ -122,6 +195,8 @@ class FeatureBuilder:
         self, req_id: int, endpoint_id: str, uncached: float, prompt_tokens: int, past_first_token: bool
     ) -> None:
         self.awaiting.get(endpoint_id, {}).pop(req_id, None)
+        if endpoint_id in self.vq:
+            self.vq[endpoint_id].drop(req_id)
         if past_first_token:
             self.decode_ctx[endpoint_id] = max(0.0, self.decode_ctx.get(endpoint_id, 0.0) - prompt_tokens)
         else:
@@ -132,4 +207,6 @@ class FeatureBuilder:
         self.queued_uncached.pop(endpoint_id, None)
         self.decode_ctx.pop(endpoint_id, None)
         self.awaiting.pop(endpoint_id, None)
+        self.vq.pop(endpoint_id, None)
+        self.perf.pop(endpoint_id, None)
         self._known.discard(endpoint_id)

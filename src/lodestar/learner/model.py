@@ -43,8 +43,17 @@ def bounded_solve(A: np.ndarray, b: np.ndarray, theta0: np.ndarray) -> np.ndarra
 class OnlineLinearModel:
     """Per-endpoint online ridge regression with exponential forgetting in time."""
 
-    def __init__(self, half_life_s: float = 60.0, ridge: float = 1e-3, prior_samples: float = 4.0) -> None:
+    def __init__(
+        self,
+        half_life_s: float = 60.0,
+        ridge: float = 1e-3,
+        prior_samples: float = 4.0,
+        prior_theta: np.ndarray | None = None,
+        prior_strength: float = 0.05,
+    ) -> None:
         self.half_life_s = half_life_s
+        self.prior_theta = prior_theta  # coefficients a first endpoint starts from (no peers to learn from yet)
+        self.prior_strength = prior_strength
         self.ridge = ridge
         self.prior_samples = prior_samples
         self.rows: dict[str, int] = {}  # endpoint -> row in the arrays
@@ -81,6 +90,9 @@ class OnlineLinearModel:
             M = np.mean([self.A[p] / max(self.n_obs[p], 1e-9) for p in peers], axis=0) * self.prior_samples
             A0 = A0 + M
             b0 = M @ theta0
+        elif self.prior_theta is not None:
+            A0 = A0 + np.eye(d) * self.prior_strength
+            b0 = self.prior_strength * self.prior_theta
         self.A = np.concatenate([self.A, A0[None]])
         self.b = np.concatenate([self.b, b0[None]])
         self.theta = np.concatenate([self.theta, bounded_solve(A0[None], b0[None], np.zeros((1, d)))])

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from lodestar.cluster_view import ClusterView, Endpoint
-from lodestar.learner.features import FeatureBuilder
+from lodestar.learner.features import PHYSICS_PRIOR, FeatureBuilder
 from lodestar.learner.model import OnlineLinearModel
 from lodestar.learner.rewards import RewardSpec, cost
 from lodestar.policies.base import Policy, PolicyParams, build_policy, register_policy
@@ -40,7 +40,7 @@ class LodestarParams(PolicyParams):
     reward: RewardSpec = Field(default_factory=RewardSpec)
     half_life_s: float = Field(60.0, gt=0)
     train_interval_s: float = Field(0.5, gt=0)
-    min_samples: int = Field(50, ge=1)
+    min_samples: int = Field(10, ge=1)
     max_rel_err: float = Field(0.5, gt=0)
     explore_beta: float = Field(1.0, ge=0)
     explore_cap: float = Field(0.25, ge=0, le=1)
@@ -68,7 +68,7 @@ class LodestarPolicy(Policy):
             raise ValueError("the fallback of 'lodestar' must be another policy")
         self.fallback = build_policy(p.fallback, seed=seed)
         self.features = FeatureBuilder(p.index_tokens)
-        self.ttft_model = OnlineLinearModel(p.half_life_s)
+        self.ttft_model = OnlineLinearModel(p.half_life_s, prior_theta=PHYSICS_PRIOR)
         self.tpot_model = OnlineLinearModel(p.half_life_s) if p.reward.needs_tpot else None
         self.ready = False
         self.ready_at: float | None = None
@@ -178,7 +178,7 @@ class LodestarPolicy(Policy):
         if rec is None or rec[5]:
             return
         rec[5] = ttft_s
-        self.features.first_token(req.id, endpoint_id, rec[4], req.prompt_tokens)
+        self.features.first_token(req.id, endpoint_id, rec[4], req.prompt_tokens, now)
         if self.p.decision_log:
             from lodestar.learner.persist import log_outcome
 
