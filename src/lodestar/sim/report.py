@@ -73,23 +73,27 @@ def _plots(out_dir: Path, results: list[dict[str, Any]], records: list[RunRecord
     import matplotlib.pyplot as plt
 
     first_seed = results[0]["seed"] if results else 0
+    cmap = plt.get_cmap("tab20")
+    styles = {
+        name: (cmap(i % 20), "-" if i < 10 else "--") for i, name in enumerate(sorted({r["policy"] for r in results}))
+    }
     pairs = [(r["policy"], rec) for r, rec in zip(results, records, strict=True) if r["seed"] == first_seed]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for name, rec in pairs:
         t = np.sort(rec.ttft[(rec.status == DONE) & ~np.isnan(rec.ttft)])
         if t.size:
-            ax.plot(t, np.arange(1, t.size + 1) / t.size, label=name)
+            ax.plot(t, np.arange(1, t.size + 1) / t.size, label=name, color=styles[name][0], ls=styles[name][1])
     ax.set_xscale("log")
     ax.set_xlabel("TTFT (s)")
     ax.set_ylabel("fraction of requests")
     ax.set_title(f"TTFT CDF (seed {first_seed})")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out_dir / "ttft_cdf.png", dpi=120)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
     for name, rec in pairs:
         arr = np.array([r.arrival_s for r in rec.requests])
         ok = (rec.status == DONE) & ~np.isnan(rec.ttft)
@@ -101,13 +105,13 @@ def _plots(out_dir: Path, results: list[dict[str, Any]], records: list[RunRecord
         sums = np.bincount(idx, weights=rec.ttft[ok], minlength=40)
         counts = np.bincount(idx, minlength=40)
         with np.errstate(invalid="ignore"):
-            ax.plot((edges[:-1] + edges[1:]) / 2, sums / counts, label=name)
+            ax.plot((edges[:-1] + edges[1:]) / 2, sums / counts, label=name, color=styles[name][0], ls=styles[name][1])
     ax.set_xlabel("arrival time (simulated s)")
     ax.set_ylabel("mean TTFT in window (s)")
     ax.set_yscale("log")
     ax.set_title("TTFT over time")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(out_dir / "ttft_over_time.png", dpi=120)
     plt.close(fig)
