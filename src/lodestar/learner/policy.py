@@ -99,8 +99,10 @@ class LodestarPolicy(Policy):
         unc = self.features.uncached(req, eps, now)
         X = self.features.rows(req, view, unc)
         ids = [e.id for e in eps]
+        known = self.ttft_model.rows
         for e in eps:
-            self.ttft_model.ensure(e.id, _group(e))
+            if e.id not in known:
+                self.ttft_model.ensure(e.id, _group(e))
         ttft, ttft_se = self.ttft_model.predict_endpoints(ids, X)
         ttft = np.maximum(ttft, 1e-3)
         if self.tpot_model is not None:
