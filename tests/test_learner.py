@@ -170,3 +170,25 @@ def test_decision_log_and_explain(tmp_path):
     assert sum(out["picks"].values()) == out["decisions"]
     with pytest.raises(UserError):
         explain(tmp_path / "missing.jsonl")
+
+
+def test_bounded_solve_respects_signs_and_beats_clipping():
+    from lodestar.learner.model import bounded_solve
+
+    rng = np.random.default_rng(3)
+    d = N_FEATURES
+    X = rng.normal(size=(8, 200, d))
+    A = np.einsum("kni,knj->kij", X, X) + 1e-3 * np.eye(d)
+    b = np.einsum("kni,kn->ki", X, rng.normal(size=(8, 200)))
+    t = bounded_solve(A, b)
+    assert np.all(t >= LOWER - 1e-12) and np.all(t <= UPPER + 1e-12)
+
+    def obj(k, v):
+        return 0.5 * v @ A[k] @ v - b[k] @ v
+
+    free = np.linalg.solve(A, b[:, :, None])[:, :, 0]
+    for k in range(8):
+        assert obj(k, t[k]) <= obj(k, np.clip(free[k], LOWER, UPPER)) + 1e-9
+    # a feasible unconstrained optimum is returned unchanged
+    theta = np.clip(np.abs(rng.normal(size=d)), LOWER, UPPER)
+    np.testing.assert_allclose(bounded_solve(A[:1], (A[0] @ theta)[None])[0], theta, rtol=1e-6, atol=1e-9)

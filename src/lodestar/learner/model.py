@@ -25,29 +25,32 @@ from lodestar.learner.features import FEATURES, N_FEATURES
 # request still waiting can only mean that up to that much of the queue has drained (coefficient in [-1, 0]).
 LOWER = np.array([-np.inf if f == "bias" else (-1.0 if f == "oldest_wait_s" else 0.0) for f in FEATURES])
 UPPER = np.array([0.0 if f == "oldest_wait_s" else np.inf for f in FEATURES])
-CD_SWEEPS = 30
 
 
-def bounded_solve(A: np.ndarray, b: np.ndarray, theta0: np.ndarray) -> np.ndarray:
-    """argmin 1/2 t'At - b't subject to LOWER <= t <= UPPER, for a stack of problems (A positive definite).
+def bounded_solve(A: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """min 1/2 t'At - b't subject to LOWER <= t <= UPPER, for a stack of problems (A positive definite).
 
-    The unconstrained solution is kept where it already satisfies the bounds; the other problems are solved by
-    projected coordinate descent warm-started at theta0, until no coordinate moves by more than 1e-9 relative."""
+    The unconstrained solution is kept where it already satisfies the bounds. Elsewhere, an active-set pass: fix
+    every violated coordinate at its bound and re-solve for the others, until nothing is violated (at most once per
+    coordinate). Coordinates are never released again, so this is a close approximation of the bounded optimum,
+    not always the exact one; it is what keeps a coefficient's physical sign."""
     t = np.linalg.solve(A, b[:, :, None])[:, :, 0]
     bad = np.nonzero(((t < LOWER) | (t > UPPER)).any(axis=1))[0]
-    if bad.size == 0:
-        return t
-    Ab, bb = A[bad], b[bad]
-    tb = np.clip(theta0[bad], LOWER, UPPER)
-    diag = np.einsum("kii->ki", Ab)
-    for _ in range(CD_SWEEPS):
-        prev = tb.copy()
-        for j in range(Ab.shape[1]):
-            r = bb[:, j] - np.einsum("kd,kd->k", Ab[:, j, :], tb) + diag[:, j] * tb[:, j]
-            tb[:, j] = np.clip(r / diag[:, j], LOWER[j], UPPER[j])
-        if np.abs(tb - prev).max() <= 1e-9 * max(1.0, float(np.abs(tb).max())):
-            break
-    t[bad] = tb
+    d = A.shape[1]
+    for k in bad:
+        Ak, bk, tk = A[k], b[k], t[k]
+        fixed = np.zeros(d, dtype=bool)
+        for _ in range(d):
+            viol = ((tk < LOWER) | (tk > UPPER)) & ~fixed
+            if not viol.any():
+                break
+            fixed |= viol
+            tk = np.where(fixed, np.clip(tk, LOWER, UPPER), tk)
+            free = ~fixed
+            if free.any():
+                rhs = bk[free] - Ak[np.ix_(free, fixed)] @ tk[fixed]
+                tk[free] = np.linalg.solve(Ak[np.ix_(free, free)], rhs)
+        t[k] = np.clip(tk, LOWER, UPPER)
     return t
 
 
@@ -106,7 +109,7 @@ class OnlineLinearModel:
             b0 = self.prior_strength * self.prior_theta
         self.A = np.concatenate([self.A, A0[None]])
         self.b = np.concatenate([self.b, b0[None]])
-        self.theta = np.concatenate([self.theta, bounded_solve(A0[None], b0[None], np.zeros((1, d)))])
+        self.theta = np.concatenate([self.theta, bounded_solve(A0[None], b0[None])])
         self.Ainv = np.concatenate([self.Ainv, np.linalg.inv(A0)[None]])
         self.n_obs = np.append(self.n_obs, self.prior_samples if peers else 0.0)
         self.resid_var = np.append(self.resid_var, self.resid_var[peers].mean() if peers else 0.0)
@@ -153,7 +156,7 @@ class OnlineLinearModel:
         A = self.A[touched] + reg
         # copy-on-write: a concurrent `predict` sees either the old or the new coefficients, never a mix
         theta, ainv = self.theta.copy(), self.Ainv.copy()
-        theta[touched] = bounded_solve(A, self.b[touched], theta[touched])
+        theta[touched] = bounded_solve(A, self.b[touched])
         ainv[touched] = np.linalg.inv(A)
         self.theta, self.Ainv = theta, ainv
         return n
