@@ -215,6 +215,69 @@ def list_scenarios() -> None:
     out.print(t)
 
 
+@app.command("eval")
+def eval_suite(
+    suite: Annotated[str, typer.Option(help="Suite name (default, quick) or a suite folder / suite.yaml.")] = "default",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Output folder (default results/eval-SUITE).")] = None,
+    policies: Annotated[str | None, typer.Option(help="Comma-separated policy names (default: the suite's).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Comma-separated seeds (default: the suite's).")] = None,
+    jobs: Annotated[int | None, typer.Option(help="Worker processes (default: CPU count).", min=1)] = None,
+    learned: Annotated[str, typer.Option(help="Policy reported as the learned one.")] = "lodestar",
+    plots: Annotated[bool, typer.Option(help="Write the plots.")] = True,
+) -> None:
+    """The scenario suite x policies x seeds: results.json, summary.md and plots in --out."""
+    from lodestar.eval.report import write_report
+    from lodestar.eval.runner import Job, run_suite
+    from lodestar.eval.suite import load_suite, resolve_policies
+
+    s = load_suite(suite)
+    requested = _csv(policies, "--policies") if policies else s.policies
+    names, notes = resolve_policies(requested, learned)
+    if not names:
+        raise UserError("no registered policy to run")
+    seed_list = _seeds(seeds) if seeds else s.seeds
+    out_dir = out_dir or Path("results") / f"eval-{s.name}"
+
+    def say(text: str) -> None:
+        err.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    for n in notes:
+        say(f"note: {n}")
+
+    def on_done(k: int, total: int, job: Job, summary: dict[str, Any] | None, error: str | None) -> None:
+        head = f"[{k}/{total}] {job.scenario} {job.policy} seed {job.seed}:"
+        if summary is None:
+            say(f"{head} FAILED: {error}")
+        else:
+            t = summary["ttft_s"]
+            say(f"{head} TTFT mean {t['mean']:.3f}s p99 {t['p99']:.3f}s ({summary['wall_s']:.1f}s wall)")
+
+    ev = run_suite(s, names, seed_list, jobs, learned=learned, on_done=on_done, notes=notes)
+    for sk in ev.skipped:
+        say(f"note: skipped scenario {sk['scenario']}: {sk['reason']}")
+    write_report(out_dir, ev, plots=plots)
+    out.print(f"{len(ev.runs)} runs in {ev.wall_s:.0f}s; wrote {out_dir}/results.json, summary.md"
+              f"{', plots/' if plots else ''}")  # fmt: skip
+    if ev.errors:
+        raise UserError(f"{len(ev.errors)} run(s) failed; see {out_dir}/summary.md")
+
+
+def _register_subcommands() -> None:
+    """Commands that live with their subsystem: explain (learner), serve (gateway), emulate/replay (emulator), up."""
+    from lodestar.emulator.cli import register as register_emulator
+    from lodestar.gateway.cli import register as register_gateway
+    from lodestar.learner.cli import register as register_explain
+    from lodestar.up import register as register_up
+
+    register_explain(app, out)
+    register_gateway(app)
+    register_emulator(app)
+    register_up(app, out)
+
+
+_register_subcommands()
+
+
 def main() -> None:
     try:
         app(standalone_mode=True)
