@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 
@@ -35,10 +36,8 @@ def test_up_routes_streams_and_stops(tmp_path):
             async with s.post(f"{url}/v1/completions", json={**body, "stream": False}) as r:
                 whole = await r.json()
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
         return chunks, models, whole
 
     chunks, models, whole = asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -9,6 +9,7 @@ SIGTERM (or after `--duration`, for scripts and tests).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -87,9 +88,7 @@ def register(app: typer.Typer, out: Console) -> None:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 if task is not None:
                     loop.add_signal_handler(sig, task.cancel)
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await run_up(engines, policy, port, engine_port, time_scale, duration, out)
-            except asyncio.CancelledError:
-                pass
 
         run_loop(main())
