@@ -51,7 +51,9 @@ class LodestarParams(PolicyParams):
 
 
 def _group(ep: Endpoint) -> str:
-    return f"{ep.labels.get('gpu', '?')}/{ep.labels.get('model', '?')}" if ep.labels else "all"
+    """Endpoints that share hardware, model and token budget share a prior."""
+    lab = ep.labels
+    return f"{lab.get('gpu', '?')}/{lab.get('model', '?')}/{lab.get('max_num_batched_tokens', '?')}" if lab else "all"
 
 
 @register_policy
