@@ -140,11 +140,11 @@ class Simulation:
             self.engines.append(Engine(iid, perf, cfg))
             self.instances.append(InstanceInfo(iid, g.gpu, g.model, g.tp, added_at_s=now))
             self._by_id[iid] = idx
-            labels = (
-                {"gpu": g.gpu, "model": g.model, "tp": str(g.tp), "max_num_batched_tokens": str(cfg.max_num_batched_tokens),
-                 "max_num_seqs": str(cfg.max_num_seqs), "block_size": str(cfg.block_size)}
-                if self.sc.router.expose_labels else {}
-            )  # fmt: skip
+            labels: dict[str, str] = {}
+            if self.sc.router.expose_labels:
+                labels = {"gpu": g.gpu, "model": g.model, "tp": str(g.tp),
+                          "max_num_batched_tokens": str(cfg.max_num_batched_tokens),
+                          "max_num_seqs": str(cfg.max_num_seqs), "block_size": str(cfg.block_size)}  # fmt: skip
             ep = Endpoint(iid, labels)
             self.book.add_endpoint(ep)
             self._alive.append(ep)
