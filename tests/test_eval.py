@@ -217,3 +217,15 @@ def test_cli_eval(tmp_path):
     assert json.loads((out / "results.json").read_text())["seeds"] == [1]
     bad = subprocess.run([*base, "--suite", "no-such-suite"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("error: unknown suite")
+
+
+def test_learning_time_on_ratio_to_oracle():
+    from lodestar.eval.metrics import convergence_time, ratio_curve
+
+    t = [float(x) for x in range(5, 305, 5)]
+    oracle = [0.05 + 0.02 * ((i * 7) % 5) for i in range(len(t))]  # noisy, shared by both policies
+    learner = [o * (2.0 if x < 50 else 1.05) for o, x in zip(oracle, t, strict=True)]
+    rt, ry = ratio_curve([(t, learner)], [(t, oracle)])
+    assert list(rt) == t
+    assert abs(ry[0] - 2.0) < 1e-9 and abs(ry[-1] - 1.05) < 1e-9
+    assert convergence_time(rt, ry) == 50.0  # the common noise cancels; only the learner's catch-up remains

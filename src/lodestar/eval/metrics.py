@@ -11,6 +11,9 @@ Definitions (also in docs/eval.md):
   `tol` (default 10%) of the steady state. A curve that is in the band everywhere converges at its first grid time
   (0 for a curve that starts at 0); a curve whose last point is outside the band converges at its last grid time
   ("never settled"). Because the window trails, a change at time T shows fully in the curve at T + window.
+- Learning time = the time to converge of the *ratio* curve learned / oracle (same seed, same workload, same grid;
+  mean over seeds). Both policies see the same arrivals and the same cold engine caches, so the ratio cancels what
+  is common to every policy (cache warm-up, bursts in the workload) and what is left is the learner catching up.
 """
 
 from __future__ import annotations
@@ -86,6 +89,26 @@ def convergence_time(
         return float(ta[0])
     last = int(idx[-1])
     return float(ta[min(last + 1, ta.size - 1)])
+
+
+def ratio_curve(
+    num: Sequence[tuple[Sequence[float], Sequence[float | None]]],
+    den: Sequence[tuple[Sequence[float], Sequence[float | None]]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over pairs of the pointwise ratio num/den of curves on the same grid (pairs truncated to the shorter)."""
+    ratios = []
+    for (t1, y1), (_, y2) in zip(num, den, strict=False):
+        n = min(len(y1), len(y2))
+        a = np.array([np.nan if v is None else v for v in y1[:n]], dtype=float)
+        b = np.array([np.nan if v is None else v for v in y2[:n]], dtype=float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratios.append((np.asarray(t1[:n], dtype=float), np.where(b > 0, a / b, np.nan)))
+    if not ratios:
+        return np.zeros(0), np.zeros(0)
+    n = min(len(r[1]) for r in ratios)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return ratios[0][0][:n], np.nanmean(np.stack([r[1][:n] for r in ratios]), axis=0)
 
 
 def geomean(values: Iterable[float | None]) -> float | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lodestar.eval.metrics import geomean, ratio
+from lodestar.eval.metrics import convergence_time, geomean, ratio, ratio_curve
 from lodestar.eval.runner import EvalRun
 from lodestar.eval.suite import ORACLE_POLICY, REFERENCE_POLICY, is_learning
 
@@ -90,6 +90,20 @@ def aggregate(ev: EvalRun) -> dict[str, dict[str, Any]]:
             "oracle_vs_best_mean": ratio(stat(ORACLE_POLICY, "ttft_mean_s"), stat(best_mean, "ttft_mean_s")),
             "oracle_vs_best_p99": ratio(stat(ORACLE_POLICY, "ttft_p99_s"), stat(best_p99, "ttft_p99_s")),
         }
+        # learning time: the learned/oracle ratio curve settles (metrics module docstring)
+        pairs = [
+            (lr["eval"]["curve"], orc["eval"]["curve"])
+            for lr in runs
+            if lr["policy"] == learned
+            for orc in runs
+            if orc["policy"] == ORACLE_POLICY and orc["seed"] == lr["seed"]
+        ]
+        learning_s = None
+        if pairs:
+            rt, ry = ratio_curve(
+                [(a["t"], a["ttft_mean_s"]) for a, _ in pairs], [(b["t"], b["ttft_mean_s"]) for _, b in pairs]
+            )
+            learning_s = convergence_time(rt, ry) if rt.size else None
         table[s.name] = {
             "description": s.scenario.description,
             "ideal_ttft_mean_s": _mean([r["ideal_ttft_s"]["mean"] for r in runs]),
@@ -97,6 +111,7 @@ def aggregate(ev: EvalRun) -> dict[str, dict[str, Any]]:
             "best_baseline_p99": best_p99,
             "ratios": ratios,
             "learned_convergence_s": stat(learned, "convergence_s"),
+            "learned_learning_s": learning_s,
             "policies": pol,
         }
     return table
@@ -167,8 +182,8 @@ def markdown(ev: EvalRun, table: dict[str, dict[str, Any]], gm: dict[str, float 
         "",
         f"| scenario | ideal | best baseline (mean / P99) | best mean | best P99 | {L} mean | {L} P99 | "
         + " | ".join(label.replace("learned", L) for _, label in RATIO_KEYS)
-        + f" | {L} converge (s) | best baseline converge (s) |",
-        "|---" * (7 + len(RATIO_KEYS) + 2) + "|",
+        + f" | {L} converge (s) | best baseline converge (s) | {L} learning time vs oracle (s) |",
+        "|---" * (7 + len(RATIO_KEYS) + 3) + "|",
     ]
     for name, t in table.items():
         pol, bm, bp = t["policies"], t["best_baseline_mean"], t["best_baseline_p99"]
@@ -178,9 +193,12 @@ def markdown(ev: EvalRun, table: dict[str, dict[str, Any]], gm: dict[str, float 
             f"{_f(pol[bm]['ttft_mean_s'] if bm else None)} | {_f(pol[bp]['ttft_p99_s'] if bp else None)} | "
             f"{_f(lp.get('ttft_mean_s'))} | {_f(lp.get('ttft_p99_s'))} | "
             + " | ".join(_x(t["ratios"][k]) for k, _ in RATIO_KEYS)
-            + f" | {_f(t['learned_convergence_s'], 0)} | {_f(pol[bm]['convergence_s'] if bm else None, 0)} |"
+            + f" | {_f(t['learned_convergence_s'], 0)} | {_f(pol[bm]['convergence_s'] if bm else None, 0)}"
+            + f" | {_f(t.get('learned_learning_s'), 0)} |"
         )
-    out.append("| **geometric mean** | | | | | | | " + " | ".join(f"**{_x(gm[k])}**" for k, _ in RATIO_KEYS) + " | | |")
+    out.append(
+        "| **geometric mean** | | | | | | | " + " | ".join(f"**{_x(gm[k])}**" for k, _ in RATIO_KEYS) + " | | | |"
+    )
     out += ["", "## Mean TTFT (s) per policy", "", *_policy_matrix(table, ev.policies, "ttft_mean_s", 3)]
     out += ["", "## P99 TTFT (s) per policy", "", *_policy_matrix(table, ev.policies, "ttft_p99_s", 3)]
     out += [
@@ -197,6 +215,18 @@ def markdown(ev: EvalRun, table: dict[str, dict[str, Any]], gm: dict[str, float 
     out += ["", "Plots: `plots/<scenario>.png` (learning curves), `plots/<scenario>-pred-error.png` (when a policy "
             "reports diagnostics), `plots/ratios.png`."]  # fmt: skip
     return "\n".join(out) + "\n"
+
+
+def load_eval_run(results_json: Path) -> EvalRun:
+    """Rebuild an `EvalRun` from a results.json (to re-render a report with newer report code)."""
+    from lodestar.eval.suite import load_suite
+
+    doc = json.loads(Path(results_json).read_text())
+    return EvalRun(
+        suite=load_suite(doc["suite"]), policies=doc["policies"], seeds=doc["seeds"], learned=doc["learned_policy"],
+        runs=doc["runs"], skipped=doc["skipped"], errors=doc["errors"], notes=[], wall_s=doc["wall_s"],
+        jobs=doc["jobs"],
+    )  # fmt: skip
 
 
 def write_report(out_dir: Path, ev: EvalRun, plots: bool = True) -> dict[str, Any]:
