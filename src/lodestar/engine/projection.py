@@ -13,24 +13,10 @@ no KV pressure, no completions are assumed (a greedy clairvoyant estimate, not a
 from __future__ import annotations
 
 from lodestar.engine.engine import Engine
-from lodestar.engine.perf_model import PerfModel
 from lodestar.engine.phases import PREFILL
 from lodestar.request import Request
 
 _MAX_STEPS = 4096
-
-
-def prefill_alone_s(perf: PerfModel, uncached: int, cached: int, budget: int) -> float:
-    """Time to prefill `uncached` tokens after `cached` ones, alone on an idle engine, in budget-sized chunks."""
-    t = 0.0
-    done = cached
-    left = max(1, uncached)
-    while left > 0:
-        c = min(left, budget)
-        t += perf.step_time(c, c * (done + c / 2), 0, 0)
-        done += c
-        left -= c
-    return t
 
 
 def project_ttft(engine: Engine, req: Request, now: float) -> float:

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from lodestar.engine.perf_model import PerfModel
-from lodestar.engine.projection import prefill_alone_s
 from lodestar.request import Request
 from lodestar.sim.runner import DONE, FAILED, RunRecord
 from lodestar.sim.scenario import Scenario
@@ -63,7 +62,7 @@ def ideal_ttft(requests: list[Request], scenario: Scenario) -> np.ndarray:
         key = (r.prompt_tokens - int(hits[i]), int(hits[i]))
         v = cache.get(key)
         if v is None:
-            v = min(prefill_alone_s(p, key[0], key[1], b) for p, b, _ in configs)
+            v = min(p.prefill_time(key[0], b, key[1]) for p, b, _ in configs)
             cache[key] = v
         out[i] = v
     return out

@@ -21,21 +21,7 @@ from lodestar.request import Request
 
 def infinite_cache_hits(requests: list[Request]) -> list[int]:
     """Prompt tokens each request finds cached (in list order) with an infinite prefix cache."""
-    seen: set[int] = set()
-    hits: list[int] = []
-    for r in requests:
-        hit = 0
-        matching = True
-        for k, n in zip(r.segment_keys, r.segment_tokens, strict=True):
-            if matching and k in seen:
-                hit += n
-            else:
-                matching = False
-                seen.add(k)
-        if r.output_key is not None:
-            seen.add(r.output_key)
-        hits.append(hit)
-    return hits
+    return spread_cache_hits(requests, 1)
 
 
 def spread_cache_hits(requests: list[Request], n_instances: int, seed: int = 0) -> list[int]:
