@@ -192,3 +192,11 @@ def test_bounded_solve_respects_signs_and_beats_clipping():
     # a feasible unconstrained optimum is returned unchanged
     theta = np.clip(np.abs(rng.normal(size=d)), LOWER, UPPER)
     np.testing.assert_allclose(bounded_solve(A[:1], (A[0] @ theta)[None])[0], theta, rtol=1e-6, atol=1e-9)
+
+
+def test_lodestar_learns_mixed_gpus_without_discovery_labels(hetero_runs):
+    """No GPU/model labels: the reference latency shape is rescaled per endpoint by the learned coefficients."""
+    sc = _scenario()
+    sc.router.expose_labels = False
+    s, _ = run_one(sc, "lodestar", seed=0)
+    assert s["ttft_s"]["mean"] < 0.7 * hetero_runs["least-request"][0]["ttft_s"]["mean"]
