@@ -44,6 +44,7 @@ class LodestarParams(PolicyParams):
     max_rel_err: float = Field(0.5, gt=0)
     explore_beta: float = Field(1.0, ge=0)
     explore_cap: float = Field(0.25, ge=0, le=1)
+    probe_interval_s: float = Field(20.0, ge=0)  # 0 disables probing idle, unheard-of endpoints
     index_tokens: int | None = Field(None, gt=0)
     model_path: str | None = None
     decision_log: str | None = None
@@ -84,6 +85,7 @@ class LodestarPolicy(Policy):
         self._pending: dict[int, list[Any]] = {}
         self.decisions = 0
         self.explored = 0
+        self._last_sample: dict[str, float] = {}  # endpoint -> router time of its last TTFT sample
         self.history: list[tuple[float, float, float, float]] = []  # (time, r2, rel_err, explore rate)
         self._log: Any = None
         if p.model_path:
@@ -126,6 +128,10 @@ class LodestarPolicy(Policy):
             if c[i] != c[greedy]:
                 self.explored += 1
             mode = "learned" if i == greedy else "explore"
+            probe = self._probe_candidate(eps, now)
+            if probe is not None:
+                i, mode = probe, "probe"
+                self.explored += 1
             pick = eps[i].id
         else:
             pick = self.fallback.choose(req, view)
@@ -137,6 +143,19 @@ class LodestarPolicy(Policy):
 
             log_decision(self, now, req, eps, ttft, c, pick, mode)
         return pick
+
+    def _probe_candidate(self, eps: list[Endpoint], now: float) -> int | None:
+        """An idle endpoint the model has not heard from for `probe_interval_s`, if any (at most one probe per
+        endpoint per interval). Without it, an endpoint whose estimate went bad during a congested episode could be
+        starved forever: no traffic, so no evidence that it recovered."""
+        if self.p.probe_interval_s <= 0:
+            return None
+        for k, e in enumerate(eps):
+            last = self._last_sample.setdefault(e.id, now)
+            if now - last >= self.p.probe_interval_s and e.book.in_flight == 0:
+                self._last_sample[e.id] = now  # one probe per interval, whatever its outcome
+                return k
+        return None
 
     def train(self, now: float) -> None:
         """Fold queued samples into the models; check the cold-start switch. Cheap (a few small solves)."""
@@ -182,6 +201,7 @@ class LodestarPolicy(Policy):
         if rec is None or rec[5]:
             return
         rec[5] = ttft_s
+        self._last_sample[endpoint_id] = now
         self.features.first_token(req.id, endpoint_id, rec[4], req.prompt_tokens, now)
         if self.p.decision_log:
             from lodestar.learner.persist import log_outcome
