@@ -229,3 +229,19 @@ def test_learning_time_on_ratio_to_oracle():
     assert list(rt) == t
     assert abs(ry[0] - 2.0) < 1e-9 and abs(ry[-1] - 1.05) < 1e-9
     assert convergence_time(rt, ry) == 50.0  # the common noise cancels; only the learner's catch-up remains
+
+
+def test_quick_suite_smoke(tmp_path):
+    """The CI smoke run of `lodestar eval --suite quick`: every policy, every quick scenario, the stable claims."""
+    suite = load_suite("quick")
+    names, _ = resolve_policies(suite.policies, learned="lodestar")
+    assert "lodestar" in names and "oracle" in names
+    ev = run_suite(suite, names, suite.seeds, jobs=2, learned="lodestar")
+    assert not ev.errors and len(ev.runs) == len(suite.scenarios) * len(names) * len(suite.seeds)
+    doc = write_report(tmp_path / "out", ev, plots=False)
+    for name, row in doc["scenarios"].items():
+        pol = row["policies"]
+        ls = pol["lodestar"]["ttft_mean_s"]
+        assert ls < pol["random"]["ttft_mean_s"] and ls < pol["round-robin"]["ttft_mean_s"], name
+        assert ls <= 1.5 * pol["oracle"]["ttft_mean_s"], name
+    assert doc["geomean"]["learned_vs_best_mean"] < 1.0  # better than the best baseline of each scenario, overall
