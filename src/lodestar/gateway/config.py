@@ -82,6 +82,7 @@ class GatewayConfig(_Strict):
     connect_timeout_s: float = Field(2.0, gt=0)
     first_byte_timeout_s: float = Field(30.0, gt=0)  # until the engine's response headers
     idle_timeout_s: float = Field(300.0, gt=0)  # longest silence of an engine mid-response
+    max_connections_per_backend: int = Field(0, ge=0)  # open connections to one engine; 0: no limit
     max_retries: int = Field(2, ge=0)  # extra attempts on other endpoints, before the first response byte
     stream_upstream: bool = True  # non-streaming client requests are streamed from the engine and aggregated
     backend_api_key: str | None = None  # sent upstream as a bearer token (vLLM --api-key)

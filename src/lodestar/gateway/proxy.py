@@ -10,7 +10,8 @@ when the attempt fails (connect refused/reset, first-byte timeout, 5xx, stream c
 
 Retries: an attempt that fails before the engine's first response byte is retried on another candidate, at most
 `max_retries` times. Engine 4xx answers are relayed as they are. A client that disconnects cancels the handler
-(aiohttp `handler_cancellation`), which closes the upstream connection, so the engine aborts the request.
+(aiohttp `handler_cancellation`), which closes the upstream connection, so the engine aborts the request. The
+engines are reached with aiohttp's client (see `lodestar.gateway.streaming`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import logging
 import re
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from lodestar.clock import Clock
@@ -33,8 +35,7 @@ from lodestar.gateway.outcomes import Outcomes
 from lodestar.gateway.parse import ClientError, ParsedRequest, TokenEstimator, parse_request, upstream_body
 from lodestar.gateway.pool import Backend, BackendPool
 from lodestar.gateway.sse import Aggregator, StreamObserver
-from lodestar.gateway.streaming import ClientGone, Pipe, collect, stream_to_client
-from lodestar.gateway.upstream import UpstreamConn, UpstreamError, UpstreamPool
+from lodestar.gateway.streaming import ClientGone, UpstreamError, collect, open_session, send, stream_to_client
 from lodestar.policies.base import Policy
 from lodestar.policies.common import least_in_flight
 from lodestar.request import RequestInfo
@@ -72,18 +73,20 @@ class Proxy:
         self.estimator = TokenEstimator()
         out = Outcomes(cfg, pool, book, policy, clock, metrics, self.estimator)
         self._callback, self._first, self._end = out.callback, out.first, out.end
-        self.upstream: UpstreamPool | None = None
+        self.session: aiohttp.ClientSession | None = None
         self._next_id = 0
         self._keys = [k.encode() for k in cfg.api_keys]
         self._hint = cfg.routing_hint_header
-        self._up_head: dict[str, bytes] = {}
+        self._up_headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        if cfg.backend_api_key:
+            self._up_headers["Authorization"] = f"Bearer {cfg.backend_api_key}"
 
     async def start(self) -> None:
-        self.upstream = UpstreamPool(self.cfg.connect_timeout_s)
+        self.session = open_session(self.cfg)
 
     async def close(self) -> None:
-        if self.upstream is not None:
-            self.upstream.close()
+        if self.session is not None:
+            await self.session.close()
 
     # ---- entry ------------------------------------------------------------------------------------------------
     def authorized(self, request: web.Request) -> bool:
@@ -229,15 +232,6 @@ class Proxy:
         )
 
     # ---- one attempt ------------------------------------------------------------------------------------------
-    def _head(self, path: str, rid: str) -> bytes:
-        h = self._up_head.get(path)
-        if h is None:
-            lines = [f"POST {path} HTTP/1.1", "Content-Type: application/json", "Accept: text/event-stream"]
-            if self.cfg.backend_api_key:
-                lines.append(f"Authorization: Bearer {self.cfg.backend_api_key}")
-            h = self._up_head[path] = ("\r\n".join(lines) + "\r\n").encode()
-        return h + b"X-Request-Id: " + rid.encode() + b"\r\n"
-
     async def _attempt(
         self,
         request: web.Request,
@@ -249,33 +243,33 @@ class Proxy:
         rid: str,
         attempt: int,
     ) -> web.StreamResponse:
-        assert self.upstream is not None
+        assert self.session is not None
         cfg = self.cfg
         self.m.endpoint(b.id).decisions.inc()
+        headers = {**self._up_headers, "X-Request-Id": rid}
         t_disp = self.clock.now()
         self._callback("on_dispatch", info, b.id, t_disp)
-        conn: UpstreamConn | None = None
-        pipe = Pipe()
+        up: aiohttp.ClientResponse | None = None
         ended = False  # an end callback (complete/failure) was sent for this attempt
         try:
             try:
-                conn = await self.upstream.send(b.url, self._head(path, rid), body, pipe, cfg.first_byte_timeout_s)
+                up = await send(self.session, b.url + path, body, headers, cfg.first_byte_timeout_s)
             except UpstreamError as e:
                 raise Attempt(e.reason) from None
-            if conn.status in _RETRY_STATUS and attempt < cfg.max_retries:
-                raise Attempt(f"status_{conn.status}")
+            if up.status in _RETRY_STATUS and attempt < cfg.max_retries:
+                raise Attempt(f"status_{up.status}")
             resp: web.StreamResponse
-            if conn.status != 200 or not conn.headers.get("content-type", "").startswith("text/event-stream"):
-                resp = await self._relay(conn, pipe, p, info, b, t_disp)
+            if up.status != 200 or not up.headers.get("Content-Type", "").startswith("text/event-stream"):
+                resp = await self._relay(up, p, info, b, t_disp)
             else:
                 chat = p.kind == "chat"
                 obs = StreamObserver(
                     chat, strip_usage=not p.include_usage, aggregator=None if p.stream else Aggregator(chat)
                 )
                 if p.stream:
-                    resp = await self._stream(request, conn, pipe, obs, p, info, b, t_disp, rid)
+                    resp = await self._stream(request, up, obs, p, info, b, t_disp, rid)
                 else:
-                    resp = await self._aggregate(conn, pipe, obs, p, info, b, t_disp)
+                    resp = await self._aggregate(up, obs, p, info, b, t_disp)
             ended = True
             return resp
         except (ClientError, ClientGone) as e:  # raised after the attempt's end was reported, or the client left
@@ -289,23 +283,23 @@ class Proxy:
             if not ended:  # cancelled (the client went away) or an unexpected error: abort upstream, close the books
                 self.m.disconnects.inc()
                 self._callback("on_failure", info, b.id, self.clock.now())
-            if conn is not None:
-                self.upstream.release(b.url, conn)
+            if up is not None:  # a body read to its end has already returned the connection to the pool
+                up.close()  # otherwise the connection is closed, and the engine aborts the request
 
     async def _relay(
-        self, conn: UpstreamConn, pipe: Pipe, p: ParsedRequest, info: RequestInfo, b: Backend, t_disp: float
+        self, up: aiohttp.ClientResponse, p: ParsedRequest, info: RequestInfo, b: Backend, t_disp: float
     ) -> web.Response:
         """A non-stream answer (an error, or an engine that ignored `stream`): passed on as it is."""
         try:
-            data = await collect(conn, pipe, self.cfg.max_body_bytes * 4, self.cfg.idle_timeout_s)
+            data = await collect(up, self.cfg.max_body_bytes * 4, self.cfg.idle_timeout_s)
         except UpstreamError:
             self._end(p, info, b, t_disp, ok=False)
             raise ClientError(
                 502, "the engine connection failed while answering", etype="upstream_error", code="upstream_error"
             ) from None
-        if conn.status >= 500:
+        if up.status >= 500:
             self._end(p, info, b, t_disp, ok=False)
-        elif conn.status >= 400:  # the engine refused the request: not the endpoint's fault
+        elif up.status >= 400:  # the engine refused the request: not the endpoint's fault
             self.pool.record_success(b)
             self._callback("on_failure", info, b.id, self.clock.now())
         else:
@@ -316,14 +310,13 @@ class Proxy:
             except (ValueError, AttributeError, TypeError):
                 pass
             self._end(p, info, b, t_disp, ok=True, output_tokens=tokens)
-        ctype = conn.headers.get("content-type", "application/json").split(";")[0].strip() or "application/json"
-        return web.Response(status=conn.status, body=data, content_type=ctype, headers={"x-lodestar-endpoint": b.id})
+        ctype = up.headers.get("Content-Type", "application/json").split(";")[0].strip() or "application/json"
+        return web.Response(status=up.status, body=data, content_type=ctype, headers={"x-lodestar-endpoint": b.id})
 
     async def _stream(
         self,
         request: web.Request,
-        conn: UpstreamConn,
-        pipe: Pipe,
+        up: aiohttp.ClientResponse,
         obs: StreamObserver,
         p: ParsedRequest,
         info: RequestInfo,
@@ -334,8 +327,8 @@ class Proxy:
         resp = web.StreamResponse(status=200, headers=self._sse_headers(rid, b.id))
         resp.enable_chunked_encoding()
         try:
-            await stream_to_client(
-                request, resp, conn, pipe, obs, lambda: self._first(obs, info, b, t_disp), self.cfg.idle_timeout_s
+            tail = await stream_to_client(
+                request, resp, up, obs, lambda: self._first(obs, info, b, t_disp), self.cfg.idle_timeout_s
             )
         except UpstreamError:
             self._end(p, info, b, t_disp, ok=False)
@@ -358,7 +351,7 @@ class Proxy:
             self._first(obs, info, b, t_disp)
         self._end(p, info, b, t_disp, ok=ok, obs=obs)
         with contextlib.suppress(ConnectionError, RuntimeError):  # already reported complete: nothing more to do
-            await resp.write_eof()
+            await resp.write_eof(tail)
         return resp
 
     def _sse_headers(self, rid: str, eid: str) -> dict[str, str]:
@@ -371,8 +364,7 @@ class Proxy:
 
     async def _aggregate(
         self,
-        conn: UpstreamConn,
-        pipe: Pipe,
+        up: aiohttp.ClientResponse,
         obs: StreamObserver,
         p: ParsedRequest,
         info: RequestInfo,
@@ -380,7 +372,7 @@ class Proxy:
         t_disp: float,
     ) -> web.Response:
         try:
-            await collect(conn, pipe, 0, self.cfg.idle_timeout_s, obs, lambda: self._first(obs, info, b, t_disp))
+            await collect(up, 0, self.cfg.idle_timeout_s, obs, lambda: self._first(obs, info, b, t_disp))
         except UpstreamError:
             self._end(p, info, b, t_disp, ok=False)
             raise ClientError(

@@ -1,52 +1,40 @@
-"""Moving an engine's response body to the client: streamed event by event, or collected whole.
+"""The engine side of the request path: aiohttp's client to the engines, and moving a response body to the client.
 
-Consumes: an `UpstreamConn` whose body arrives through a `Pipe` (bytes that came with the response headers are held
-until a consumer is attached), a `StreamObserver`, the aiohttp request of the client, and callbacks for the first
-token. Produces: for a streaming client, the engine's SSE events written straight to the client's socket as HTTP
-chunks from the upstream socket's callback (no coroutine hop per token), with flow control (upstream reading
-pauses while the client's send buffer is over `HIGH_WATER`); for everyone else, the collected body.
+Consumes: the gateway's settings (connect, first-byte and idle timeouts, connections per engine), a request for an
+engine (URL, headers, body), the engine's `aiohttp.ClientResponse`, a `StreamObserver`, the client's aiohttp
+request, and a callback for the first token.
+Produces: one `aiohttp.ClientSession` per gateway (keep-alive pool, no cookies, no redirects); the engine's response
+once its status line and headers are in, or `UpstreamError` with a short `reason` (`connect_error`,
+`connect_timeout`, `connection_reset`, `first_byte_timeout`, `bad_response`) that the proxy retries elsewhere; then,
+for a streaming client, the engine's SSE events written to the client as they arrive (whole events, bytes untouched,
+aiohttp's chunked encoding and flow control); for everyone else, the collected body. A failure mid-body is an
+`UpstreamError` too (`stream_cut`, `idle_timeout`, `response_too_large`); a client that went away is `ClientGone`.
 
-The client's response is an aiohttp `StreamResponse`: `prepare` sends its headers at once (chunked encoding), the
-events are framed as chunks here, and aiohttp's `write_eof` sends the final empty chunk, so the wire format is the
-one aiohttp would produce itself.
+Timeouts: aiohttp's `sock_connect` is the connect timeout; the first-byte timeout bounds the wait for the response
+headers; then an engine silent for the idle timeout mid-body ends the read with `idle_timeout`, checked by one timer
+per response and second rather than one per socket read (aiohttp's `sock_read`). A connection that the engine
+closes without answering (typically a keep-alive connection it closed while idle) is tried once more on another
+connection to the same engine, not counted as a failure.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
+import aiohttp
 from aiohttp import web
 
+from lodestar.gateway.config import GatewayConfig
 from lodestar.gateway.sse import StreamObserver
-from lodestar.gateway.upstream import UpstreamConn, UpstreamError
 
-HIGH_WATER = 1 << 20
-LOW_WATER = 1 << 18
+_TICK_S = 1.0
 
 
-class Pipe:
-    """The sink given to the upstream connection before the gateway knows what to do with the body."""
-
-    __slots__ = ("last", "pending", "target")
-
-    def __init__(self) -> None:
-        self.pending: list[bytes] = []
-        self.target: Callable[[bytes], None] | None = None
-        self.last = 0.0
-
-    def __call__(self, data: bytes) -> None:
-        if self.target is None:
-            self.pending.append(data)
-        else:
-            self.target(data)
-
-    def attach(self, target: Callable[[bytes], None]) -> None:
-        self.target = target
-        pending, self.pending = self.pending, []
-        for d in pending:
-            target(d)
+class UpstreamError(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class ClientGone(Exception):
@@ -57,88 +45,126 @@ class ClientGone(Exception):
         self.resp = resp
 
 
-async def wait_end(conn: UpstreamConn, pipe: Pipe, idle_timeout_s: float) -> None:
-    """Until the body ends; UpstreamError('idle_timeout') after `idle_timeout_s` without a byte."""
-    assert conn.end is not None
-    loop = asyncio.get_running_loop()
-    pipe.last = loop.time()
-    while True:
-        done, _ = await asyncio.wait([conn.end], timeout=idle_timeout_s)
-        if done:
-            conn.end.result()  # raises UpstreamError when the stream broke
+def open_session(cfg: GatewayConfig) -> aiohttp.ClientSession:
+    """The gateway's client to its engines (the monitor has its own, for health checks and scrapes)."""
+    connector = aiohttp.TCPConnector(
+        limit=0,  # the gateway's own max_concurrency bounds the total
+        limit_per_host=cfg.max_connections_per_backend,
+        keepalive_timeout=4.0,  # below uvicorn's 5 s (vLLM, SGLang): the gateway closes idle connections first
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_s),
+        cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must not carry one client's cookies to the next
+        skip_auto_headers=("Accept-Encoding",),  # identity bodies: events pass through as the engine wrote them
+    )
+
+
+async def send(
+    session: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str], first_byte_timeout_s: float
+) -> aiohttp.ClientResponse:
+    """POST to an engine; returns once the response's status line and headers are in."""
+    for again in (True, False):
+        try:
+            async with asyncio.timeout(first_byte_timeout_s):
+                return await session.post(url, data=body, headers=headers, allow_redirects=False)
+        except aiohttp.ServerTimeoutError:  # before the headers, only sock_connect (ConnectionTimeoutError from 3.10)
+            raise UpstreamError("connect_timeout") from None
+        except aiohttp.ClientConnectorError:
+            raise UpstreamError("connect_error") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            if again:  # closed without answering: once more, on another connection
+                continue
+            raise UpstreamError("connection_reset") from None
+        except TimeoutError:
+            raise UpstreamError("first_byte_timeout") from None
+        except aiohttp.ClientError:
+            raise UpstreamError("bad_response") from None
+    raise AssertionError("unreachable")
+
+
+class _Watch:
+    """Ends the read of a response body when the engine has sent nothing for `idle_s` (`idle_timeout`), or when
+    aiohttp closed the connection without waking the reader (`stream_cut`: after a malformed chunk mid-body,
+    aiohttp 3.14 fails the connection but not the body, and `readany` would wait for ever). Nothing per chunk: each
+    tick compares the body's byte count with the last one."""
+
+    __slots__ = ("handle", "idle_s", "last", "loop", "reason", "seen", "up")
+
+    def __init__(self, up: aiohttp.ClientResponse, idle_s: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.up, self.idle_s, self.reason, self.seen = up, idle_s, "", -1
+        self.last = self.loop.time()
+        self.handle = self.loop.call_later(min(idle_s, _TICK_S), self._tick)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        conn = self.up.connection  # None once the body ended (the connection went back to the pool)
+        if self.up.content.total_bytes != self.seen:
+            self.seen, self.last = self.up.content.total_bytes, now
+        if conn is not None and conn.closed:
+            self.reason = "stream_cut"
+        elif now - self.last >= self.idle_s:
+            self.reason = "idle_timeout"
+        else:
+            self.handle = self.loop.call_later(min(self.idle_s, _TICK_S), self._tick)
             return
-        if loop.time() - pipe.last >= idle_timeout_s:
-            conn.close()
-            raise UpstreamError("idle_timeout")
+        self.up.close()  # the waiting read raises ClientConnectionError
+
+    def error(self) -> UpstreamError:
+        return UpstreamError(self.reason or "stream_cut")
+
+    def stop(self) -> None:
+        self.handle.cancel()
 
 
 async def stream_to_client(
     request: web.Request,
     resp: web.StreamResponse,
-    conn: UpstreamConn,
-    pipe: Pipe,
+    up: aiohttp.ClientResponse,
     obs: StreamObserver,
     on_first: Callable[[], None],
     idle_timeout_s: float,
-) -> None:
-    """Pass the events through; returns at the end of the engine's stream. Raises UpstreamError when the engine's
-    stream breaks (the client got everything up to there) and ClientGone when the client went away."""
-    await resp.prepare(request)
-    transport = request.transport
-    if transport is None or transport.is_closing():
-        raise ClientGone(resp)
-    chunked = resp.chunked
-    loop = asyncio.get_running_loop()
-    paused = False
-    state: dict[str, Any] = {"gone": False}
-
-    def resume() -> None:
-        nonlocal paused
-        if transport.is_closing() or conn.closed:
-            paused = False
-            return
-        if transport.get_write_buffer_size() <= LOW_WATER:
-            paused = False
-            if conn.transport is not None:
-                conn.transport.resume_reading()
-        else:
-            loop.call_later(0.005, resume)
-
-    def on_data(data: bytes) -> None:
-        nonlocal paused
-        pipe.last = loop.time()
-        out = obs.feed(data)
-        if obs.first and not obs.reported:
-            on_first()
-        if not out:
-            return
-        if transport.is_closing():
-            state["gone"] = True
-            conn.close()  # abort the engine's work: nobody will read it
-            return
-        transport.write(b"%x\r\n%b\r\n" % (len(out), out) if chunked else out)
-        if not paused and transport.get_write_buffer_size() > HIGH_WATER and conn.transport is not None:
-            paused = True
-            conn.transport.pause_reading()
-            loop.call_later(0.005, resume)
-
-    pipe.attach(on_data)
+) -> bytes:
+    """Pass the events through until the engine's body ends; return the last bytes to send (with `write_eof`,
+    which coalesces them with the end of the chunked body). Raises UpstreamError when the engine's stream breaks
+    (the client got everything up to there) and ClientGone when the client went away."""
     try:
-        await wait_end(conn, pipe, idle_timeout_s)
-    except UpstreamError:
-        if state["gone"]:
-            raise ClientGone(resp) from None
-        raise
-    tail = obs.finish()
-    if tail and not transport.is_closing():
-        transport.write(b"%x\r\n%b\r\n" % (len(tail), tail) if chunked else tail)
-    if state["gone"] or transport.is_closing():
+        await resp.prepare(request)
+    except ConnectionError:
+        raise ClientGone(resp) from None
+    content = up.content
+    watch = _Watch(up, idle_timeout_s)
+    try:
+        while True:
+            try:
+                data = await content.readany()
+            except aiohttp.ClientError:
+                raise watch.error() from None
+            if not data:
+                return _last(request, resp, obs.finish())
+            out = obs.feed(data)
+            if obs.first and not obs.reported:
+                on_first()
+            if content.at_eof():  # the engine's body ended with these bytes: one write for them and the end
+                return _last(request, resp, out + obs.finish())
+            if out:
+                try:
+                    await resp.write(out)
+                except ConnectionError:
+                    raise ClientGone(resp) from None
+    finally:
+        watch.stop()
+
+
+def _last(request: web.Request, resp: web.StreamResponse, tail: bytes) -> bytes:
+    if request.transport is None or request.transport.is_closing():
         raise ClientGone(resp)
+    return tail
 
 
 async def collect(
-    conn: UpstreamConn,
-    pipe: Pipe,
+    up: aiohttp.ClientResponse,
     limit: int,
     idle_timeout_s: float,
     obs: StreamObserver | None = None,
@@ -147,29 +173,27 @@ async def collect(
     """The whole body (or, with `obs`, the observed events; returns b""). Over `limit` bytes: UpstreamError."""
     parts: list[bytes] = []
     size = 0
-    loop = asyncio.get_running_loop()
-
-    def on_data(data: bytes) -> None:
-        nonlocal size
-        pipe.last = loop.time()
-        if obs is not None:
-            obs.feed(data)
-            if on_first is not None and obs.first and not obs.reported:
-                on_first()
-            return
-        size += len(data)
-        if size > limit:
-            conn.close()
-            return
-        parts.append(data)
-
-    pipe.attach(on_data)
+    content = up.content
+    watch = _Watch(up, idle_timeout_s)
     try:
-        await wait_end(conn, pipe, idle_timeout_s)
-    except UpstreamError:
-        if size > limit:
-            raise UpstreamError("response_too_large") from None
-        raise
+        while True:
+            try:
+                data = await content.readany()
+            except aiohttp.ClientError:
+                raise watch.error() from None
+            if not data:
+                break
+            if obs is not None:
+                obs.feed(data)
+                if on_first is not None and obs.first and not obs.reported:
+                    on_first()
+                continue
+            size += len(data)
+            if size > limit:
+                raise UpstreamError("response_too_large")
+            parts.append(data)
+    finally:
+        watch.stop()
     if obs is not None:
         obs.finish()
     return b"".join(parts)
