@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lodestar.errors import UserError
+from lodestar.kv_args import parse_kv
 
 app = typer.Typer(
     add_completion=False,
@@ -41,19 +42,6 @@ def _seeds(text: str) -> list[int]:
         return [int(x) for x in _csv(text, "--seeds")]
     except ValueError:
         raise UserError(f"--seeds: expected integers like 0,1,2, got {text!r}") from None
-
-
-def _params(items: list[str] | None) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UserError(f"--param: expected KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            params[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            params[k.strip()] = v
-    return params
 
 
 class _Progress:
@@ -128,7 +116,7 @@ def sim(
     from lodestar.sim.results import write_requests_csv
 
     with _Progress(f"{policy}", progress) as bar:
-        summary, rec = run_one(scenario, policy, seed, duration, _params(param), progress=bar)
+        summary, rec = run_one(scenario, policy, seed, duration, parse_kv(param, "--param"), progress=bar)
     out.print(_summary_table([summary], f"scenario {summary['scenario']}"))
     out.print(
         f"ideal TTFT mean {summary['ideal_ttft_s']['mean']:.3f}s; simulated {summary['sim_duration_s']:.0f}s "

@@ -7,26 +7,13 @@ is a `UserError` (one line, exit status 2).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from lodestar.errors import UserError
-
-
-def _kv(items: list[str] | None, flag: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UserError(f"{flag}: expected KEY=VALUE, got {item!r}")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
+from lodestar.kv_args import parse_kv
 
 
 def serve_config(**flags: Any) -> Any:
@@ -36,7 +23,7 @@ def serve_config(**flags: Any) -> Any:
 
     cfg_path = flags.pop("config")
     backends = [parse_backend_flag(b) for b in flags.pop("backend") or []]
-    params = _kv(flags.pop("param"), "--param")
+    params = parse_kv(flags.pop("param"), "--param")
     keys = flags.pop("api_key")
     overrides = {
         **flags,
