@@ -4,29 +4,22 @@ in docs/calibration.md)."""
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
+from _bench import load_bench
 from lodestar.engine.hardware import GPUS, MODELS, get_gpu
 from lodestar.engine.perf_model import PerfModel
 from lodestar.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
 PROFILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "profiles"
 
 
 def _load_report():
-    spec = importlib.util.spec_from_file_location("calibration_report", REPO / "bench" / "calibration_report.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("calibration_report")
 
 
 @pytest.fixture(scope="module")

@@ -4,25 +4,19 @@ Llama-3-8B, 200 ShareGPT prompts, Poisson at 1-32 req/s). The replay, its assump
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from _bench import load_bench
+
 PROFILES = Path(__file__).resolve().parents[2] / "shared" / "data" / "profiles"
 SEEDS = 5
 
 
 def _load_replay():
-    spec = importlib.util.spec_from_file_location("iog_replay", REPO / "bench" / "iog_replay.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+    return load_bench("iog_replay")
 
 
 @pytest.fixture(scope="module")
