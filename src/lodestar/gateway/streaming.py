@@ -20,7 +20,8 @@ connection to the same engine, not counted as a failure.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -134,13 +135,9 @@ async def stream_to_client(
     except ConnectionError:
         raise ClientGone(resp) from None
     content = up.content
-    watch = _Watch(up, idle_timeout_s)
-    try:
+    async with _chunks(up, idle_timeout_s) as read:
         while True:
-            try:
-                data = await content.readany()
-            except aiohttp.ClientError:
-                raise watch.error() from None
+            data = await read()
             if not data:
                 return _last(request, resp, obs.finish())
             out = obs.feed(data)
@@ -153,6 +150,23 @@ async def stream_to_client(
                     await resp.write(out)
                 except ConnectionError:
                     raise ClientGone(resp) from None
+
+
+@contextlib.asynccontextmanager
+async def _chunks(up: aiohttp.ClientResponse, idle_timeout_s: float) -> AsyncIterator[Callable[[], Awaitable[bytes]]]:
+    """A reader of the engine's body, piece by piece (b"" at its end), watched for idleness and silent cuts;
+    a broken stream raises the watch's UpstreamError."""
+    watch = _Watch(up, idle_timeout_s)
+    content = up.content
+
+    async def read() -> bytes:
+        try:
+            return await content.readany()
+        except aiohttp.ClientError:
+            raise watch.error() from None
+
+    try:
+        yield read
     finally:
         watch.stop()
 
@@ -173,16 +187,8 @@ async def collect(
     """The whole body (or, with `obs`, the observed events; returns b""). Over `limit` bytes: UpstreamError."""
     parts: list[bytes] = []
     size = 0
-    content = up.content
-    watch = _Watch(up, idle_timeout_s)
-    try:
-        while True:
-            try:
-                data = await content.readany()
-            except aiohttp.ClientError:
-                raise watch.error() from None
-            if not data:
-                break
+    async with _chunks(up, idle_timeout_s) as read:
+        while data := await read():
             if obs is not None:
                 obs.feed(data)
                 if on_first is not None and obs.first and not obs.reported:
@@ -192,8 +198,6 @@ async def collect(
             if size > limit:
                 raise UpstreamError("response_too_large")
             parts.append(data)
-    finally:
-        watch.stop()
     if obs is not None:
         obs.finish()
     return b"".join(parts)
