@@ -220,11 +220,30 @@ def pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
+# Peer routers for a side-by-side figure (`--peers`): command templates, run from `--peer-bin` (a venv's bin with
+# `pip install vllm-router sglang-router`; both are Rust routers shipped as wheels). Round-robin over one engine.
+PEERS = {
+    "vllm-router": ["{bin}/vllm-router", "--host", "127.0.0.1", "--port", "{port}", "--worker-urls", "{backend}",
+                    "--policy", "round_robin", "--log-level", "warning"],
+    "sglang-router": ["{bin}/python", "-m", "sglang_router.launch_router", "--host", "127.0.0.1", "--port", "{port}",
+                      "--worker-urls", "{backend}", "--policy", "round_robin", "--log-level", "warn"],
+}  # fmt: skip
+
+
+def spawn_peer(cmd: list[str], bin_dir: str, port: int, backend: str, cpu: int | None) -> subprocess.Popen[bytes]:
+    args = [c.format(bin=bin_dir, port=port, backend=backend) for c in cmd]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_pin(cpu))
+
+
 def spawn(args: list[str], cpu: int | None) -> subprocess.Popen[bytes]:
-    p = subprocess.Popen([sys.executable, __file__, *args])
-    if cpu is not None and hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(p.pid, {cpu})
-    return p
+    return subprocess.Popen([sys.executable, __file__, *args], preexec_fn=_pin(cpu))
+
+
+def _pin(cpu: int | None) -> Any:
+    """Pins the child before it execs, so every thread it starts (tokio's workers too) stays on that CPU."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
 
 
 async def wait_ready(port: int, path: str) -> None:
@@ -260,15 +279,19 @@ async def bench(a: argparse.Namespace) -> dict[str, Any]:
         await direct.open_loop(a.rate, 2)  # warm-up
         direct.ttfts.clear()
         await direct.open_loop(a.rate, a.duration)
-        for policy in ["least-request", "lodestar"]:
-            gw = spawn(["--role", "gateway", "--port", str(gport), "--backend", f"http://127.0.0.1:{bport}",
-                        "--policy", policy], gw_cpu)  # fmt: skip
+        routers = [("least-request", None), ("lodestar", None)] + [(name, PEERS[name]) for name in a.peers]
+        for policy, peer_cmd in routers:
+            if peer_cmd is None:
+                gw = spawn(["--role", "gateway", "--port", str(gport), "--backend", f"http://127.0.0.1:{bport}",
+                            "--policy", policy], gw_cpu)  # fmt: skip
+            else:
+                gw = spawn_peer(peer_cmd, a.peer_bin, gport, f"http://127.0.0.1:{bport}", gw_cpu)
             procs.append(gw)
-            await wait_ready(gport, "/ready")
+            await wait_ready(gport, "/ready" if peer_cmd is None else "/health")
             via = Load(gport)
             await via.open_loop(a.rate, 2)
             res: dict[str, Any] = {}
-            if policy == "least-request":
+            if policy != "lodestar":
                 via.ttfts.clear()
                 c0 = cpu_s(gw.pid)
                 await via.open_loop(a.rate, a.duration)
@@ -282,12 +305,14 @@ async def bench(a: argparse.Namespace) -> dict[str, Any]:
                     "requests": n, "errors": via.errors + direct.errors,
                 }  # fmt: skip
                 res["cpu_ms_per_request_at_rate"] = 1e3 * (c1 - c0) / max(1, n)
-            c0, t0 = cpu_s(gw.pid), time.perf_counter()
-            n = await via.closed_loop(a.concurrency, a.max_duration)
-            c1, t1 = cpu_s(gw.pid), time.perf_counter()
-            res["max"] = {"req_per_s": n / (t1 - t0), "gateway_cpu_use": (c1 - c0) / (t1 - t0),
-                          "req_per_cpu_s": n / max(1e-9, c1 - c0), "cpu_ms_per_request": 1e3 * (c1 - c0) / n,
-                          "errors": via.errors}  # fmt: skip
+            for conc in sorted({32, a.concurrency}):
+                c0, t0 = cpu_s(gw.pid), time.perf_counter()
+                n = await via.closed_loop(conc, a.max_duration)
+                c1, t1 = cpu_s(gw.pid), time.perf_counter()
+                res["max" if conc == a.concurrency else f"closed_{conc}"] = {
+                    "concurrency": conc, "req_per_s": n / (t1 - t0), "gateway_cpu_use": (c1 - c0) / (t1 - t0),
+                    "req_per_cpu_s": n / max(1e-9, c1 - c0), "cpu_ms_per_request": 1e3 * (c1 - c0) / n,
+                    "errors": via.errors}  # fmt: skip
             if policy == "least-request" and a.soak > 0:
                 rss = []
                 t_end = time.perf_counter() + a.soak
@@ -322,6 +347,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--max-duration", type=float, default=10.0)
     ap.add_argument("--soak", type=float, default=120.0)
+    ap.add_argument("--peers", nargs="*", default=[], choices=sorted(PEERS), help="peer routers to measure too")
+    ap.add_argument("--peer-bin", default="", help="bin directory of a venv with the peer routers installed")
     ap.add_argument("--out")
     a = ap.parse_args()
     if a.role == "backend":

@@ -227,7 +227,7 @@ def test_connections_per_engine_limited():
 
 
 def test_connect_failures_classified():
-    from lodestar.gateway.streaming import UpstreamError, open_session, send
+    from lodestar.gateway.upstream import EngineClient, UpstreamError
 
     async def go():
         full = socket.socket()  # a listener whose accept queue is full: SYNs go unanswered
@@ -244,16 +244,16 @@ def test_connect_failures_classified():
         closed = socket.socket()
         closed.bind(("127.0.0.1", 0))
         closed_port = closed.getsockname()[1]  # bound, not listening: refused
-        session = open_session(build_config({}, {"connect_timeout_s": 0.3}))
+        client = EngineClient(connect_timeout_s=0.3)
         reasons = []
         try:
             for p in (port, closed_port):
                 t0 = asyncio.get_running_loop().time()
                 with pytest.raises(UpstreamError) as e:
-                    await send(session, f"http://127.0.0.1:{p}/v1/completions", b"{}", {}, 5.0)
+                    await client.post(f"http://127.0.0.1:{p}/v1/completions", b"{}", {}, 5.0)
                 reasons.append((e.value.reason, asyncio.get_running_loop().time() - t0 < 2.0))
         finally:
-            await session.close()
+            client.close()
             for c in [full, closed, *fillers]:
                 c.close()
         assert reasons == [("connect_timeout", True), ("connect_error", True)]

@@ -11,7 +11,7 @@ when the attempt fails (connect refused/reset, first-byte timeout, 5xx, stream c
 Retries: an attempt that fails before the engine's first response byte is retried on another candidate, at most
 `max_retries` times. Engine 4xx answers are relayed as they are. A client that disconnects cancels the handler
 (aiohttp `handler_cancellation`), which closes the upstream connection, so the engine aborts the request. The
-engines are reached with aiohttp's client (see `lodestar.gateway.streaming`).
+engines are reached with the gateway's own keep-alive client (`lodestar.gateway.upstream`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import logging
 import re
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from lodestar.clock import Clock
@@ -35,7 +34,8 @@ from lodestar.gateway.outcomes import Outcomes
 from lodestar.gateway.parse import ClientError, ParsedRequest, TokenEstimator, parse_request, upstream_body
 from lodestar.gateway.pool import Backend, BackendPool
 from lodestar.gateway.sse import Aggregator, StreamObserver
-from lodestar.gateway.streaming import ClientGone, UpstreamError, collect, open_session, send, stream_to_client
+from lodestar.gateway.streaming import ClientGone, collect, stream_to_client
+from lodestar.gateway.upstream import EngineClient, EngineConnection, UpstreamError
 from lodestar.policies.base import Policy
 from lodestar.policies.common import least_in_flight
 from lodestar.request import RequestInfo
@@ -73,7 +73,7 @@ class Proxy:
         self.estimator = TokenEstimator()
         out = Outcomes(cfg, pool, book, policy, clock, metrics, self.estimator)
         self._callback, self._first, self._end = out.callback, out.first, out.end
-        self.session: aiohttp.ClientSession | None = None
+        self.client: EngineClient | None = None
         self._next_id = 0
         self._keys = [k.encode() for k in cfg.api_keys]
         self._hint = cfg.routing_hint_header
@@ -82,11 +82,11 @@ class Proxy:
             self._up_headers["Authorization"] = f"Bearer {cfg.backend_api_key}"
 
     async def start(self) -> None:
-        self.session = open_session(self.cfg)
+        self.client = EngineClient(self.cfg.connect_timeout_s, self.cfg.max_connections_per_backend)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
+        if self.client is not None:
+            self.client.close()
 
     # ---- entry ------------------------------------------------------------------------------------------------
     def authorized(self, request: web.Request) -> bool:
@@ -243,23 +243,24 @@ class Proxy:
         rid: str,
         attempt: int,
     ) -> web.StreamResponse:
-        assert self.session is not None
+        client = self.client
+        assert client is not None
         cfg = self.cfg
         self.m.endpoint(b.id).decisions.inc()
         headers = {**self._up_headers, "X-Request-Id": rid}
         t_disp = self.clock.now()
         self._callback("on_dispatch", info, b.id, t_disp)
-        up: aiohttp.ClientResponse | None = None
+        up: EngineConnection | None = None
         ended = False  # an end callback (complete/failure) was sent for this attempt
         try:
             try:
-                up = await send(self.session, b.url + path, body, headers, cfg.first_byte_timeout_s)
+                up = await client.post(b.url + path, body, headers, cfg.first_byte_timeout_s)
             except UpstreamError as e:
                 raise Attempt(e.reason) from None
             if up.status in _RETRY_STATUS and attempt < cfg.max_retries:
                 raise Attempt(f"status_{up.status}")
             resp: web.StreamResponse
-            if up.status != 200 or not up.headers.get("Content-Type", "").startswith("text/event-stream"):
+            if up.status != 200 or not up.headers.get("content-type", "").startswith("text/event-stream"):
                 resp = await self._relay(up, p, info, b, t_disp)
             else:
                 chat = p.kind == "chat"
@@ -283,11 +284,11 @@ class Proxy:
             if not ended:  # cancelled (the client went away) or an unexpected error: abort upstream, close the books
                 self.m.disconnects.inc()
                 self._callback("on_failure", info, b.id, self.clock.now())
-            if up is not None:  # a body read to its end has already returned the connection to the pool
-                up.close()  # otherwise the connection is closed, and the engine aborts the request
+            if up is not None:  # kept alive when its body was read to the end; otherwise closed: the engine aborts
+                client.release(up)
 
     async def _relay(
-        self, up: aiohttp.ClientResponse, p: ParsedRequest, info: RequestInfo, b: Backend, t_disp: float
+        self, up: EngineConnection, p: ParsedRequest, info: RequestInfo, b: Backend, t_disp: float
     ) -> web.Response:
         """A non-stream answer (an error, or an engine that ignored `stream`): passed on as it is."""
         try:
@@ -310,13 +311,13 @@ class Proxy:
             except (ValueError, AttributeError, TypeError):
                 pass
             self._end(p, info, b, t_disp, ok=True, output_tokens=tokens)
-        ctype = up.headers.get("Content-Type", "application/json").split(";")[0].strip() or "application/json"
+        ctype = up.headers.get("content-type", "application/json").split(";")[0].strip() or "application/json"
         return web.Response(status=up.status, body=data, content_type=ctype, headers={"x-lodestar-endpoint": b.id})
 
     async def _stream(
         self,
         request: web.Request,
-        up: aiohttp.ClientResponse,
+        up: EngineConnection,
         obs: StreamObserver,
         p: ParsedRequest,
         info: RequestInfo,
@@ -364,7 +365,7 @@ class Proxy:
 
     async def _aggregate(
         self,
-        up: aiohttp.ClientResponse,
+        up: EngineConnection,
         obs: StreamObserver,
         p: ParsedRequest,
         info: RequestInfo,

@@ -1,41 +1,33 @@
-"""The engine side of the request path: aiohttp's client to the engines, and moving a response body to the client.
+"""Moving an engine's response body to the client: streamed event by event, or collected whole.
 
-Consumes: the gateway's settings (connect, first-byte and idle timeouts, connections per engine), a request for an
-engine (URL, headers, body), the engine's `aiohttp.ClientResponse`, a `StreamObserver`, the client's aiohttp
-request, and a callback for the first token.
-Produces: one `aiohttp.ClientSession` per gateway (keep-alive pool, no cookies, no redirects); the engine's response
-once its status line and headers are in, or `UpstreamError` with a short `reason` (`connect_error`,
-`connect_timeout`, `connection_reset`, `first_byte_timeout`, `bad_response`) that the proxy retries elsewhere; then,
-for a streaming client, the engine's SSE events written to the client as they arrive (whole events, bytes untouched,
-aiohttp's chunked encoding and flow control); for everyone else, the collected body. A failure mid-body is an
-`UpstreamError` too (`stream_cut`, `idle_timeout`, `response_too_large`); a client that went away is `ClientGone`.
+Consumes: an `EngineConnection` whose headers are in (its body arrives by callback, see `lodestar.gateway.upstream`),
+a `StreamObserver`, the client's aiohttp request and response, a callback for the first token, and the idle
+timeout.
+Produces: for a streaming client, the engine's SSE events (whole events, bytes untouched) written to the client's
+socket as HTTP chunks from the engine socket's read callback, with no coroutine hop per token; flow control pauses
+reading from the engine while the client's send buffer is over `HIGH_WATER`. For everyone else, the collected body.
+A failure mid-body raises `UpstreamError` (`stream_cut`, `idle_timeout`, `bad_response`, `response_too_large`); a
+client that went away raises `ClientGone`.
 
-Timeouts: aiohttp's `sock_connect` is the connect timeout; the first-byte timeout bounds the wait for the response
-headers; then an engine silent for the idle timeout mid-body ends the read with `idle_timeout`, checked by one timer
-per response and second rather than one per socket read (aiohttp's `sock_read`). A connection that the engine
-closes without answering (typically a keep-alive connection it closed while idle) is tried once more on another
-connection to the same engine, not counted as a failure.
+The client's response is an aiohttp `StreamResponse`: `prepare` sends its headers (chunked encoding), events are
+framed as chunks here, and aiohttp's `write_eof` sends the last bytes and the final empty chunk in one write, so the
+wire format is the one aiohttp itself produces. The idle timeout is one timer per response and second comparing
+the body's byte count, not a timer per read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Callable
 
-import aiohttp
 from aiohttp import web
 
-from lodestar.gateway.config import GatewayConfig
 from lodestar.gateway.sse import StreamObserver
+from lodestar.gateway.upstream import EngineConnection, UpstreamError
 
+HIGH_WATER = 1 << 20  # client send buffer (bytes) above which reading from the engine pauses
+LOW_WATER = 1 << 18
 _TICK_S = 1.0
-
-
-class UpstreamError(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 class ClientGone(Exception):
@@ -46,139 +38,100 @@ class ClientGone(Exception):
         self.resp = resp
 
 
-def open_session(cfg: GatewayConfig) -> aiohttp.ClientSession:
-    """The gateway's client to its engines (the monitor has its own, for health checks and scrapes)."""
-    connector = aiohttp.TCPConnector(
-        limit=0,  # the gateway's own max_concurrency bounds the total
-        limit_per_host=cfg.max_connections_per_backend,
-        keepalive_timeout=4.0,  # below uvicorn's 5 s (vLLM, SGLang): the gateway closes idle connections first
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.connect_timeout_s),
-        cookie_jar=aiohttp.DummyCookieJar(),  # a proxy must not carry one client's cookies to the next
-        skip_auto_headers=("Accept-Encoding",),  # identity bodies: events pass through as the engine wrote them
-    )
+async def wait_end(conn: EngineConnection, idle_timeout_s: float) -> None:
+    """Until the body ends; UpstreamError when it breaks, `idle_timeout` after `idle_timeout_s` without a byte."""
+    end = conn.end
+    assert end is not None
+    if not end.done():
+        loop = asyncio.get_running_loop()
+        every = min(idle_timeout_s, _TICK_S)
+        seen, last = conn.body_bytes, loop.time()
+        handle: asyncio.TimerHandle | None = None
 
+        def tick() -> None:
+            nonlocal seen, last, handle
+            now = loop.time()
+            if conn.body_bytes != seen:
+                seen, last = conn.body_bytes, now
+            elif now - last >= idle_timeout_s:
+                conn.fail("idle_timeout")
+                return
+            handle = loop.call_later(every, tick)
 
-async def send(
-    session: aiohttp.ClientSession, url: str, body: bytes, headers: Mapping[str, str], first_byte_timeout_s: float
-) -> aiohttp.ClientResponse:
-    """POST to an engine; returns once the response's status line and headers are in."""
-    for again in (True, False):
+        handle = loop.call_later(every, tick)
         try:
-            async with asyncio.timeout(first_byte_timeout_s):
-                return await session.post(url, data=body, headers=headers, allow_redirects=False)
-        except aiohttp.ServerTimeoutError:  # before the headers, only sock_connect (ConnectionTimeoutError from 3.10)
-            raise UpstreamError("connect_timeout") from None
-        except aiohttp.ClientConnectorError:
-            raise UpstreamError("connect_error") from None
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            if again:  # closed without answering: once more, on another connection
-                continue
-            raise UpstreamError("connection_reset") from None
-        except TimeoutError:
-            raise UpstreamError("first_byte_timeout") from None
-        except aiohttp.ClientError:
-            raise UpstreamError("bad_response") from None
-    raise AssertionError("unreachable")
-
-
-class _Watch:
-    """Ends the read of a response body when the engine has sent nothing for `idle_s` (`idle_timeout`), or when
-    aiohttp closed the connection without waking the reader (`stream_cut`: after a malformed chunk mid-body,
-    aiohttp 3.14 fails the connection but not the body, and `readany` would wait for ever). Nothing per chunk: each
-    tick compares the body's byte count with the last one."""
-
-    __slots__ = ("handle", "idle_s", "last", "loop", "reason", "seen", "up")
-
-    def __init__(self, up: aiohttp.ClientResponse, idle_s: float) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.up, self.idle_s, self.reason, self.seen = up, idle_s, "", -1
-        self.last = self.loop.time()
-        self.handle = self.loop.call_later(min(idle_s, _TICK_S), self._tick)
-
-    def _tick(self) -> None:
-        now = self.loop.time()
-        conn = self.up.connection  # None once the body ended (the connection went back to the pool)
-        if self.up.content.total_bytes != self.seen:
-            self.seen, self.last = self.up.content.total_bytes, now
-        if conn is not None and conn.closed:
-            self.reason = "stream_cut"
-        elif now - self.last >= self.idle_s:
-            self.reason = "idle_timeout"
-        else:
-            self.handle = self.loop.call_later(min(self.idle_s, _TICK_S), self._tick)
-            return
-        self.up.close()  # the waiting read raises ClientConnectionError
-
-    def error(self) -> UpstreamError:
-        return UpstreamError(self.reason or "stream_cut")
-
-    def stop(self) -> None:
-        self.handle.cancel()
+            await end
+        finally:
+            if handle is not None:
+                handle.cancel()
+    end.result()  # raises the connection's UpstreamError
 
 
 async def stream_to_client(
     request: web.Request,
     resp: web.StreamResponse,
-    up: aiohttp.ClientResponse,
+    conn: EngineConnection,
     obs: StreamObserver,
     on_first: Callable[[], None],
     idle_timeout_s: float,
 ) -> bytes:
-    """Pass the events through until the engine's body ends; return the last bytes to send (with `write_eof`,
-    which coalesces them with the end of the chunked body). Raises UpstreamError when the engine's stream breaks
-    (the client got everything up to there) and ClientGone when the client went away."""
+    """Pass the events through until the engine's body ends; return the last bytes to send (with `write_eof`).
+    Raises UpstreamError when the engine's stream breaks (the client got everything up to there) and ClientGone when
+    the client went away (the engine connection is then closed, which aborts the engine's work)."""
     try:
         await resp.prepare(request)
     except ConnectionError:
         raise ClientGone(resp) from None
-    content = up.content
-    async with _chunks(up, idle_timeout_s) as read:
-        while True:
-            data = await read()
-            if not data:
-                return _last(request, resp, obs.finish())
-            out = obs.feed(data)
-            if obs.first and not obs.reported:
-                on_first()
-            if content.at_eof():  # the engine's body ended with these bytes: one write for them and the end
-                return _last(request, resp, out + obs.finish())
-            if out:
-                try:
-                    await resp.write(out)
-                except ConnectionError:
-                    raise ClientGone(resp) from None
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        raise ClientGone(resp)
+    loop = asyncio.get_running_loop()
+    gone = False
+    paused = False
 
+    def resume() -> None:
+        nonlocal paused
+        if transport.is_closing() or conn.closed:
+            paused = False
+        elif transport.get_write_buffer_size() <= LOW_WATER:
+            paused = False
+            if conn.transport is not None:
+                conn.transport.resume_reading()
+        else:
+            loop.call_later(0.005, resume)
 
-@contextlib.asynccontextmanager
-async def _chunks(up: aiohttp.ClientResponse, idle_timeout_s: float) -> AsyncIterator[Callable[[], Awaitable[bytes]]]:
-    """A reader of the engine's body, piece by piece (b"" at its end), watched for idleness and silent cuts;
-    a broken stream raises the watch's UpstreamError."""
-    watch = _Watch(up, idle_timeout_s)
-    content = up.content
+    def on_data(data: bytes) -> None:
+        nonlocal gone, paused
+        out = obs.feed(data)
+        if obs.first and not obs.reported:
+            on_first()
+        if not out:
+            return
+        if transport.is_closing():
+            gone = True
+            conn.fail("client_gone")
+            return
+        transport.write(b"%x\r\n%b\r\n" % (len(out), out))
+        if not paused and transport.get_write_buffer_size() > HIGH_WATER and conn.transport is not None:
+            paused = True
+            conn.transport.pause_reading()
+            loop.call_later(0.005, resume)
 
-    async def read() -> bytes:
-        try:
-            return await content.readany()
-        except aiohttp.ClientError:
-            raise watch.error() from None
-
+    conn.attach(on_data)
     try:
-        yield read
-    finally:
-        watch.stop()
-
-
-def _last(request: web.Request, resp: web.StreamResponse, tail: bytes) -> bytes:
-    if request.transport is None or request.transport.is_closing():
+        await wait_end(conn, idle_timeout_s)
+    except UpstreamError:
+        if gone:
+            raise ClientGone(resp) from None
+        raise
+    tail = obs.finish()
+    if transport.is_closing():
         raise ClientGone(resp)
     return tail
 
 
 async def collect(
-    up: aiohttp.ClientResponse,
+    conn: EngineConnection,
     limit: int,
     idle_timeout_s: float,
     obs: StreamObserver | None = None,
@@ -187,17 +140,22 @@ async def collect(
     """The whole body (or, with `obs`, the observed events; returns b""). Over `limit` bytes: UpstreamError."""
     parts: list[bytes] = []
     size = 0
-    async with _chunks(up, idle_timeout_s) as read:
-        while data := await read():
-            if obs is not None:
-                obs.feed(data)
-                if on_first is not None and obs.first and not obs.reported:
-                    on_first()
-                continue
-            size += len(data)
-            if size > limit:
-                raise UpstreamError("response_too_large")
-            parts.append(data)
+
+    def on_data(data: bytes) -> None:
+        nonlocal size
+        if obs is not None:
+            obs.feed(data)
+            if on_first is not None and obs.first and not obs.reported:
+                on_first()
+            return
+        size += len(data)
+        if size > limit:
+            conn.fail("response_too_large")
+            return
+        parts.append(data)
+
+    conn.attach(on_data)
+    await wait_end(conn, idle_timeout_s)
     if obs is not None:
         obs.finish()
     return b"".join(parts)
