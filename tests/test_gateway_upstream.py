@@ -32,6 +32,7 @@ class RawEngine:
         self.post_connections = 0  # connections that carried at least one POST
         self.open_posts = 0
         self.max_open_posts = 0
+        self.written = 0  # bytes of POST answers written so far (drained into the socket)
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -84,6 +85,7 @@ class RawEngine:
             for i in range(0, len(item), self.step):
                 w.write(item[i : i + self.step])
                 await w.drain()
+                self.written += len(item[i : i + self.step])
                 if self.step < len(item):
                     await asyncio.sleep(0.0005)
         return True
@@ -257,5 +259,53 @@ def test_connect_failures_classified():
             for c in [full, closed, *fillers]:
                 c.close()
         assert reasons == [("connect_timeout", True), ("connect_error", True)]
+
+    run(go())
+
+
+def test_body_until_close_and_interim_answer():
+    """No length and no chunking: the body ends when the engine closes; a 100 Continue before the answer is skipped;
+    the next request opens a new connection."""
+    events = [event(0), event(1, "length"), b"data: [DONE]\n\n"]
+    head = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+
+    async def go():
+        engine = RawEngine(lambda n: [head, *events, CLOSE], step=5)
+        async with gateway(engine) as (gw, s, url):
+            for _ in range(2):
+                async with s.post(url, json=STREAM) as r:
+                    assert r.status == 200 and await r.read() == b"".join(events)
+            assert engine.post_connections == 2 and gw.book.endpoints["r"].book.completed_total == 2
+
+    run(go())
+
+
+def test_slow_client_backpressure_reaches_the_engine():
+    """A client that stops reading: the gateway stops reading from the engine (its buffer stays bounded) and the
+    engine's writes block, instead of the whole answer piling up in the gateway's memory."""
+    big = b"data: " + b"x" * 65530 + b"\n\n"  # 64 KiB events
+    n_events = 600  # 38 MiB: more than the kernel's socket buffers on both hops
+    script = [sse_head() + chunked(event(0)), chunked(*[big] * n_events) + chunked(b"data: [DONE]\n\n") + b"0\r\n\r\n"]
+
+    async def go():
+        engine = RawEngine(lambda n: script)
+        async with gateway(engine) as (_, _s, url):
+            port = int(url.split(":")[2].split("/")[0])
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            body = json.dumps(STREAM).encode()
+            w.write(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: %d\r\n\r\n%b" % (len(body), body))  # fmt: skip
+            await r.readexactly(1 << 20)  # the answer flows...
+            await asyncio.sleep(0.5)  # ...then the client stalls
+            stalled = engine.written
+            await asyncio.sleep(0.3)
+            assert engine.written == stalled < len(script[1]) // 2  # the engine is blocked, far from done
+            got = 1 << 20
+            while chunk := await r.read(1 << 20):  # reading again drains everything to the end
+                got += len(chunk)
+                if chunk.endswith(b"0\r\n\r\n"):
+                    break
+            assert got > n_events * len(big) and engine.written == len(script[1]) + len(script[0])
+            w.close()
 
     run(go())

@@ -84,14 +84,20 @@ class StreamObserver:
         self.error: Any = None
         self.content_events = 0
         self._buf = b""
-        self._sep = _SEP
+        self._sep: bytes | None = None
 
     def feed(self, chunk: bytes) -> bytes:
         """Take a chunk; return the complete events to forward (possibly b"")."""
         buf = self._buf + chunk if self._buf else chunk
-        if self._sep == _SEP and b"\r\n\r\n" in buf and _SEP not in buf:
-            self._sep = b"\r\n\r\n"
         sep = self._sep
+        if sep is None:  # decided once, by the first event boundary: LF framing (as vLLM and SGLang) or CRLF
+            if _SEP in buf:
+                sep = self._sep = _SEP
+            elif b"\r\n\r\n" in buf:
+                sep = self._sep = b"\r\n\r\n"
+            else:
+                self._buf = buf
+                return b""
         end = buf.rfind(sep)
         if end < 0:
             self._buf = buf
@@ -116,7 +122,7 @@ class StreamObserver:
         """End of stream: a last event without its blank line is still observed and forwarded."""
         rest, self._buf = self._buf, b""
         if rest.strip() and self._event(rest.rstrip(b"\r\n")):
-            return rest.rstrip(b"\r\n") + self._sep
+            return rest.rstrip(b"\r\n") + (self._sep or _SEP)
         return b""
 
     def _event(self, ev: bytes) -> bool:

@@ -273,20 +273,19 @@ class EngineClient:
                     conn = await self._connect(key)
                 conn.start(data)
                 assert conn.head is not None
+                timer = asyncio.get_running_loop().call_later(first_byte_timeout_s, conn.fail, "first_byte_timeout")
                 try:
-                    async with asyncio.timeout(first_byte_timeout_s):
-                        await conn.head
-                except TimeoutError:
+                    await conn.head
+                except UpstreamError as e:
                     conn.close()
-                    raise UpstreamError("first_byte_timeout") from None
-                except UpstreamError:
-                    conn.close()
-                    if again and conn.reused and not conn.got_bytes:
+                    if again and conn.reused and not conn.got_bytes and e.reason == "connection_reset":
                         continue  # the engine closed an idle connection: once more on a fresh one
                     raise
                 except BaseException:
                     conn.close()
                     raise
+                finally:
+                    timer.cancel()
                 return conn
         except BaseException:
             if slot is not None:
