@@ -49,7 +49,8 @@ def test_parse_chat_flattening_and_parts():
     }
     p = parse_request(json.dumps(body).encode(), "chat")
     assert p.max_tokens == 7 and p.stream and p.include_usage
-    assert p.prompt_chars == len("system\nbe brief\nuser\nhi") + 17 + len("\nassistant\n\n")
+    # text_blocks.flatten_chat's lines; the image part is "\x00" + a 16-hex-digit digest of its JSON
+    assert p.prompt_chars == len("system: be brief\nuser: hi") + 17 + len("\nassistant: \nassistant: ")
 
 
 def test_parse_token_ids_exact():

@@ -24,7 +24,7 @@ caches generated tokens (vLLM, the emulator) can hit the whole history.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from lodestar.prefix import ROOT_KEY, chain_key
@@ -39,25 +39,44 @@ def _utf8(block: str) -> bytes:
     return block.encode("utf-8", "surrogatepass")
 
 
+def tokens_for_chars(chars: int) -> int:
+    """Token count of a text of `chars` characters: `ceil(chars / 4)`, at least 1."""
+    return max(1, -(-chars // CHARS_PER_TOKEN))
+
+
 def estimate_tokens(text: str) -> int:
     """Token count of `text` under the 4-characters-per-token approximation (at least 1)."""
-    return max(1, -(-len(text) // CHARS_PER_TOKEN))
+    return tokens_for_chars(len(text))
 
 
-def prompt_segments(text: str, parent: int = ROOT_KEY) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def prompt_segments(
+    text: str, parent: int = ROOT_KEY, *, block_chars: int = BLOCK_CHARS, max_segments: int | None = None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(segment keys, segment token counts) of `text`: one segment per 64-character block, chained from `parent`.
 
-    The token counts sum to `estimate_tokens(text)`. An empty text is one 1-token segment."""
+    The token counts sum to `estimate_tokens(text)`. An empty text is one 1-token segment. With `max_segments`,
+    the text after the first `max_segments - 1` blocks is one last segment (`ceil(chars / 4)` tokens). Blocks of
+    `block_chars` other than 64 give other keys (no longer the engine model's KV blocks), and counts that sum to
+    `estimate_tokens(text)` only if `block_chars` is a multiple of 4."""
     if not text:
         return (chain_key(parent, ""),), (1,)
+    n = len(text)
+    cut = n if max_segments is None else min(n, max(0, max_segments - 1) * block_chars)
+    if text.isascii():  # characters are bytes: encode once (the common case; 2x faster than per block)
+        data = text.encode("ascii")
+        blocks = [data[start : start + block_chars] for start in range(0, cut, block_chars)]
+    else:
+        blocks = [_utf8(text[start : start + block_chars]) for start in range(0, cut, block_chars)]
+    if cut < n:
+        blocks.append(_utf8(text[cut:]))
     keys: list[int] = []
-    toks: list[int] = []
     key = parent
-    for start in range(0, len(text), BLOCK_CHARS):
-        block = text[start : start + BLOCK_CHARS]
-        key = chain_key(key, _utf8(block))
+    for block in blocks:
+        key = chain_key(key, block)
         keys.append(key)
-        toks.append(-(-len(block) // CHARS_PER_TOKEN))
+    last = n - (len(blocks) - 1) * block_chars  # characters in the last segment; the others are whole blocks
+    toks = [-(-block_chars // CHARS_PER_TOKEN)] * (len(blocks) - 1)
+    toks.append(-(-last // CHARS_PER_TOKEN))
     return tuple(keys), tuple(toks)
 
 
@@ -71,17 +90,21 @@ def full_block_keys(text: str, parent: int = ROOT_KEY) -> list[int]:
     return out
 
 
-def message_text(content: Any) -> str:
-    """The text of one chat message's `content` (a string, or a list of OpenAI content parts)."""
+def message_text(content: Any, other_part: Callable[[Any], str] | None = None) -> str:
+    """The text of one chat message's `content` (a string, or a list of OpenAI content parts).
+
+    Parts other than `{"type": "text", "text": str}` are ignored, or replaced by `other_part(part)` when given."""
     if content is None:
         return ""
     if isinstance(content, str):
         return content
-    if isinstance(content, Iterable) and not isinstance(content, bytes | Mapping):
+    if isinstance(content, list) or (isinstance(content, Iterable) and not isinstance(content, bytes | Mapping)):
         parts = []
         for part in content:
             if isinstance(part, Mapping) and part.get("type") == "text" and isinstance(part.get("text"), str):
                 parts.append(part["text"])
+            elif other_part is not None:
+                parts.append(other_part(part))
         return "".join(parts)
     return str(content)
 
@@ -89,7 +112,12 @@ def message_text(content: Any) -> str:
 GENERATION_PROMPT = "assistant: "
 
 
-def flatten_chat(messages: Iterable[Mapping[str, Any]], add_generation_prompt: bool = True) -> str:
-    """Chat messages as prompt text: one `"{role}: {content}\\n"` line per message, then `"assistant: "`."""
-    text = "".join(f"{m.get('role', 'user')}: {message_text(m.get('content'))}\n" for m in messages)
+def flatten_chat(
+    messages: Iterable[Mapping[str, Any]],
+    add_generation_prompt: bool = True,
+    other_part: Callable[[Any], str] | None = None,
+) -> str:
+    """Chat messages as prompt text: one `"{role}: {content}\\n"` line per message, then `"assistant: "`
+    (`other_part`: see `message_text`)."""
+    text = "".join([f"{m.get('role', 'user')}: {message_text(m.get('content'), other_part)}\n" for m in messages])
     return text + GENERATION_PROMPT if add_generation_prompt else text

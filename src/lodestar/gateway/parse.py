@@ -5,15 +5,27 @@ Produces: a `ParsedRequest` (model, stream flag, the parsed JSON, the prompt's e
 prefix segment keys for `RequestInfo`), or raises `ClientError` (status 400 with an OpenAI error message). Nothing
 here can raise anything else for any input: the fuzz tests hold it to that.
 
-Tokenisation approximation (the gateway has no tokenizer): the prompt is flattened to text and split into blocks of
-`block_chars` characters (default 64, about 16 tokens, vLLM's KV block size); each block gets a chained key
-(`lodestar.prefix.chain_key`), so two prompts with the same leading text share leading keys. Token counts are
-characters / `chars_per_token` (default 4, corrected per model from the backends' usage blocks by
-`TokenEstimator`). A prompt given as token ids is exact: 16 ids per block. Chat messages are flattened as
-`role + "\\n" + content + "\\n"` per message, in order; text parts of multi-part content are concatenated; a
-non-text part (image, audio) contributes a short digest of its JSON, so different images give different keys
-without inflating the token estimate. At most `max_segments` blocks are keyed; the rest of a long prompt is one
-final segment.
+Prompt hashing is `lodestar.text_blocks`, the one tokenisation approximation shared with the emulated engine
+(`lodestar emulate`) and the replay client: a completion prompt, or chat messages flattened by
+`text_blocks.flatten_chat` (`"{role}: {content}\\n"` per message, then `"assistant: "`), is cut by
+`text_blocks.prompt_segments` into 64-character blocks (16 tokens, the engine's KV block) with chained keys. So for
+the same body the router's prefix index and the emulated engine's KV cache hold the same keys, and the next chat
+turn (history + answer resent) shares every whole block of the previous turn's prompt. What this module adds:
+- validation (`ClientError`); a batch of string prompts is joined with `"\\n"` (the emulator takes one prompt);
+- a non-text content part (image, audio) contributes `"\\x00"` + a 16-hex-digit digest of its JSON, so different
+  images give different keys (as in vLLM, whose block hashes include the image); the emulator ignores such parts,
+  so its keys and the gateway's differ from the block holding the first non-text part on;
+- `max_segments`: the rest of a longer prompt is one last segment (keys differ from the emulator's past
+  `max_segments` blocks, 128K characters by default); `block_chars` other than 64 gives keys no engine shares;
+- a prompt of token ids is exact: 16 ids per segment, keyed by the ids' bytes (the emulator renders each id as 4
+  characters, so its blocks are the same 16 ids, under other key values: the same sharing);
+- token counts corrected per model. Decision: the keys are always text_blocks' (they decide what is shared, and
+  must not drift); the counts are text_blocks' (`ceil(chars / 4)` per block) scaled by `4 / r` and rounded, where
+  `r` is the model's characters per text_blocks-token learned by `TokenEstimator` from the engines' reported
+  `prompt_tokens` (`prompt_tokens` is the sum of the counts). An engine that counts as text_blocks does (the
+  emulator) keeps `r` at exactly 4, and the rounding absorbs up to 3% off, so behind emulated engines the counts
+  are text_blocks' exactly; behind a real engine (say 3.2 characters per token) a block counts 20 tokens, closer
+  to what prefill and KV actually cost, and the keys are unchanged.
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ from typing import Any
 import xxhash
 
 from lodestar.prefix import ROOT_KEY, chain_key
+from lodestar.text_blocks import BLOCK_CHARS, CHARS_PER_TOKEN, flatten_chat, prompt_segments, tokens_for_chars
 
 TOKEN_BLOCK = 16  # token ids per segment when the prompt is given as ids
 
@@ -70,9 +83,12 @@ class ParsedRequest:
 
 
 class TokenEstimator:
-    """Characters per token, per model: starts at `default`, follows the backends' reported prompt_tokens."""
+    """Characters per token, per model: starts at `default`, follows the backends' reported prompt_tokens.
 
-    def __init__(self, default: float = 4.0) -> None:
+    Measured against text_blocks' own count (`4 * ceil(chars / 4) / reported`), so that an engine counting exactly
+    as text_blocks does gives exactly 4 and no correction."""
+
+    def __init__(self, default: float = float(CHARS_PER_TOKEN)) -> None:
         self.default = default
         self.ratio: dict[str | None, float] = {}
 
@@ -82,7 +98,7 @@ class TokenEstimator:
     def observe(self, model: str | None, chars: int, tokens: int) -> None:
         if chars < 64 or tokens <= 0 or (len(self.ratio) > 1000 and model not in self.ratio):
             return
-        r = min(16.0, max(1.0, chars / tokens))
+        r = min(16.0, max(1.0, CHARS_PER_TOKEN * tokens_for_chars(chars) / tokens))
         old = self.ratio.get(model)
         self.ratio[model] = r if old is None else 0.9 * old + 0.1 * r
 
@@ -104,48 +120,38 @@ def _opt_int(body: dict[str, Any], key: str) -> int | None:
     return int(v)
 
 
-def _part_text(part: Any, i: int, j: int) -> str:
+def _part_digest(part: Any) -> str:
+    """What a content part other than `{"type": "text"}` contributes: a bare string itself, else a digest."""
     if isinstance(part, str):
         return part
-    if not isinstance(part, dict):
-        raise _bad(f"messages[{i}].content[{j}] must be an object", f"messages[{i}].content")
-    if part.get("type") == "text":
-        t = part.get("text")
-        if not isinstance(t, str):
-            raise _bad(f"messages[{i}].content[{j}].text must be a string", f"messages[{i}].content")
-        return t
     try:
         blob = json.dumps(part, sort_keys=True, default=str)
-    except (TypeError, ValueError):
-        blob = repr(part)
+    except (TypeError, ValueError, RecursionError):
+        blob = "?"
     return "\x00" + xxhash.xxh64_hexdigest(blob.encode("utf-8", "surrogatepass"))
 
 
 def flatten_messages(messages: Any) -> str:
-    """Chat messages -> one string (see the module docstring), or `ClientError`."""
+    """Chat messages -> `text_blocks.flatten_chat` text (see the module docstring), or `ClientError`."""
     if not isinstance(messages, list) or not messages:
         raise _bad("'messages' must be a non-empty array", "messages")
-    out: list[str] = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise _bad(f"messages[{i}] must be an object", "messages")
-        role = m.get("role")
-        if not isinstance(role, str):
+        if not isinstance(m.get("role"), str):
             raise _bad(f"messages[{i}].role must be a string", "messages")
         c = m.get("content")
-        if c is None:
-            text = ""
-        elif isinstance(c, str):
-            text = c
-        elif isinstance(c, list):
-            text = "".join(_part_text(p, i, j) for j, p in enumerate(c))
-        else:
+        if c is None or isinstance(c, str):
+            continue
+        if not isinstance(c, list):
             raise _bad(f"messages[{i}].content must be a string, an array of parts or null", "messages")
-        out.append(role)
-        out.append("\n")
-        out.append(text)
-        out.append("\n")
-    return "".join(out)
+        for j, part in enumerate(c):
+            if isinstance(part, dict):
+                if part.get("type") == "text" and not isinstance(part.get("text"), str):
+                    raise _bad(f"messages[{i}].content[{j}].text must be a string", f"messages[{i}].content")
+            elif not isinstance(part, str):
+                raise _bad(f"messages[{i}].content[{j}] must be an object", f"messages[{i}].content")
+    return flatten_chat(messages, other_part=_part_digest)
 
 
 def _flatten_prompt(prompt: Any) -> tuple[str | None, list[int] | None]:
@@ -165,23 +171,13 @@ def _flatten_prompt(prompt: Any) -> tuple[str | None, list[int] | None]:
 def text_segments(
     text: str, block_chars: int, max_segments: int, chars_per_token: float
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Chained keys and token counts of `text` cut in blocks of `block_chars` characters."""
-    n = len(text)
-    if n == 0:
-        return (chain_key(ROOT_KEY, ""),), (1,)
-    keys: list[int] = []
-    toks: list[int] = []
-    parent = ROOT_KEY
-    per_block = max(1, round(block_chars / chars_per_token))
-    pos = 0
-    while pos < n:
-        end = pos + block_chars if len(keys) < max_segments - 1 else n
-        chunk = text[pos:end]
-        parent = chain_key(parent, chunk.encode("utf-8", "surrogatepass"))
-        keys.append(parent)
-        toks.append(per_block if len(chunk) == block_chars else max(1, round(len(chunk) / chars_per_token)))
-        pos = end
-    return tuple(keys), tuple(toks)
+    """`text_blocks.prompt_segments` of `text`, its counts scaled to `chars_per_token` (module docstring)."""
+    keys, toks = prompt_segments(text, block_chars=block_chars, max_segments=max_segments)
+    if chars_per_token != CHARS_PER_TOKEN:
+        f = CHARS_PER_TOKEN / chars_per_token
+        whole = int(toks[0] * f + 0.5) or 1  # every segment but the last is a whole block: one count for all
+        toks = (whole,) * (len(toks) - 1) + (int(toks[-1] * f + 0.5) or 1,)
+    return keys, toks
 
 
 def token_segments(ids: list[int], max_segments: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -206,7 +202,12 @@ def token_segments(ids: list[int], max_segments: int) -> tuple[tuple[int, ...], 
 
 
 def parse_request(
-    raw: bytes, kind: str, *, block_chars: int = 64, max_segments: int = 2048, estimator: TokenEstimator | None = None
+    raw: bytes,
+    kind: str,
+    *,
+    block_chars: int = BLOCK_CHARS,
+    max_segments: int = 2048,
+    estimator: TokenEstimator | None = None,
 ) -> ParsedRequest:
     """Validate and digest one client request body (see the module docstring)."""
     try:
@@ -239,7 +240,7 @@ def parse_request(
         if "prompt" not in body:
             raise _bad("missing required field 'prompt'", "prompt")
         text, ids = _flatten_prompt(body["prompt"])
-    cpt = estimator.get(model) if estimator is not None else 4.0
+    cpt = estimator.get(model) if estimator is not None else CHARS_PER_TOKEN
     if ids is not None:
         keys, toks = token_segments(ids, max_segments)
         chars, exact = 0, True
