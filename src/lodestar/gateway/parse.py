@@ -37,6 +37,7 @@ from typing import Any
 
 import xxhash
 
+from lodestar.gateway import json_codec
 from lodestar.prefix import ROOT_KEY, chain_key
 from lodestar.text_blocks import BLOCK_CHARS, CHARS_PER_TOKEN, flatten_chat, prompt_segments, tokens_for_chars
 
@@ -211,7 +212,7 @@ def parse_request(
 ) -> ParsedRequest:
     """Validate and digest one client request body (see the module docstring)."""
     try:
-        body = json.loads(raw)
+        body = json_codec.loads(raw)
     except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise _bad("the request body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -273,4 +274,4 @@ def upstream_body(p: ParsedRequest, raw: bytes, stream_upstream: bool) -> bytes:
     so = dict(b.get("stream_options") or {})
     so["include_usage"] = True
     b["stream_options"] = so
-    return json.dumps(b).encode()  # ASCII escapes: safe for any string the client sent
+    return json_codec.dumps(b, raw)

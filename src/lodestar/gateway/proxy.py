@@ -28,6 +28,7 @@ from aiohttp import web
 
 from lodestar.clock import Clock
 from lodestar.cluster_view import ClusterView, RouterBookkeeping
+from lodestar.gateway import json_codec
 from lodestar.gateway.config import GatewayConfig
 from lodestar.gateway.observability import GatewayMetrics
 from lodestar.gateway.outcomes import Outcomes
@@ -306,9 +307,9 @@ class Proxy:
         else:
             tokens = 0
             try:
-                u = json.loads(data).get("usage") or {}
+                u = json_codec.loads(data).get("usage") or {}
                 tokens = int(u.get("completion_tokens") or 0)
-            except (ValueError, AttributeError, TypeError):
+            except (ValueError, AttributeError, TypeError, RecursionError):
                 pass
             self._end(p, info, b, t_disp, ok=True, output_tokens=tokens)
         ctype = up.headers.get("content-type", "application/json").split(";")[0].strip() or "application/json"

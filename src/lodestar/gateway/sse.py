@@ -16,8 +16,9 @@ for a stream while the gateway streamed from the engine to observe TTFT.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from lodestar.gateway import json_codec
 
 _SEP = b"\n\n"
 
@@ -138,8 +139,8 @@ class StreamObserver:
         if self.first and agg is None and b'"usage"' not in data and b'"error"' not in data:
             return True
         try:
-            obj = json.loads(data)
-        except ValueError:
+            obj = json_codec.loads(data)
+        except (ValueError, RecursionError):
             return True
         if not isinstance(obj, dict):
             return True
