@@ -62,6 +62,7 @@ class StreamObserver:
 
     __slots__ = (
         "_buf",
+        "_pass",
         "_sep",
         "aggregator",
         "chat",
@@ -86,11 +87,26 @@ class StreamObserver:
         self.content_events = 0
         self._buf = b""
         self._sep: bytes | None = None
+        self._pass = False  # first token seen, nothing to aggregate: whole events pass through after a glance
 
     def feed(self, chunk: bytes) -> bytes:
         """Take a chunk; return the complete events to forward (possibly b"")."""
-        buf = self._buf + chunk if self._buf else chunk
         sep = self._sep
+        if (
+            self._pass
+            and sep is not None
+            and not self._buf
+            and chunk.endswith(sep)
+            and b'"usage"' not in chunk
+            and b'"error"' not in chunk
+        ):  # the common case, once per token: whole events, forwarded untouched, counted
+            n = chunk.count(sep)
+            if b"[DONE]" in chunk:
+                self.done = True
+                n -= 1
+            self.content_events += n
+            return chunk
+        buf = self._buf + chunk if self._buf else chunk
         if sep is None:  # decided once, by the first event boundary: LF framing (as vLLM and SGLang) or CRLF
             if _SEP in buf:
                 sep = self._sep = _SEP
@@ -106,12 +122,6 @@ class StreamObserver:
         end += len(sep)
         self._buf = buf[end:]
         body = buf[:end]
-        if self.first and self.aggregator is None and b'"usage"' not in body and b'"error"' not in body:
-            # fast path once the first token is out: count events, forward untouched
-            self.content_events += body.count(sep)
-            if b"[DONE]" in body:
-                self.done = True
-            return body
         out = []
         for ev in body.split(sep)[:-1]:
             if self._event(ev):
@@ -149,6 +159,7 @@ class StreamObserver:
             return True
         if not self.first and _has_content(obj, self.chat):
             self.first = True
+            self._pass = agg is None
         if agg is not None:
             agg.add(obj)
         u = obj.get("usage")

@@ -80,19 +80,19 @@ class EngineConnection(asyncio.Protocol):
             self._fail("stream_cut" if self._head_done else "connection_reset")
 
     def data_received(self, data: bytes) -> None:
-        if self._done or self._parser is None:  # bytes outside a response: the connection is unusable
+        parser = self._parser
+        if parser is None:  # bytes outside a response: the connection is unusable
             self.close()
             return
-        self._got += len(data)
+        if not self._head_done:
+            self._got += len(data)
+            if self._got > _MAX_HEAD + len(data):
+                self.fail("bad_response")
+                return
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError:
-            self._fail("bad_response")
-            self.close()
-            return
-        if not self._head_done and self._got > _MAX_HEAD:
-            self._fail("bad_response")
-            self.close()
+            self.fail("bad_response")
 
     # ---- httptools callbacks ------------------------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -167,6 +167,7 @@ class EngineConnection(asyncio.Protocol):
     def _finish(self) -> None:
         self._done = True
         self._sink = None
+        self._parser = None
         if self.head is not None and not self.head.done():
             self.head.set_result(None)
         if self.end is not None and not self.end.done():
@@ -181,6 +182,7 @@ class EngineConnection(asyncio.Protocol):
         self._done = True
         self._keep_alive = False
         self._sink = None
+        self._parser = None
         err = UpstreamError(reason)
         for f in (self.head, self.end):
             if f is not None and not f.done():
