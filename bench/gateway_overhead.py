@@ -2,6 +2,7 @@
 
     python bench/gateway_overhead.py [--tokens 16] [--token-interval-ms 2] [--rate 200] [--duration 15]
                                      [--concurrency 64] [--max-duration 10] [--soak 120] [--out FILE.json]
+                                     [--peers vllm-router sglang-router --peer-bin VENV/bin]
 
 Three processes on loopback: a fake engine (`EngineProto` below, raw asyncio: every request streams `--tokens` SSE
 events `--token-interval-ms` apart, TTFT 0), the gateway (`lodestar.gateway.app`, pinned to CPU 0,
@@ -13,10 +14,13 @@ the load generator share CPU 1 when the machine has two CPUs.
    engine, then through the gateway (`least-request`); TTFT = request sent -> first `data:` event received. Added
    TTFT = gateway percentile - direct percentile (p50, p99).
 2. CPU per request: the gateway process's CPU time (user + system, from /proc) over the run / requests.
-3. Max throughput: a closed loop of `--concurrency` clients for `--max-duration` s, with `least-request` and with
-   the learned `lodestar`; reports requests/s, the gateway's CPU use (1.0 = one core busy) and requests per
-   CPU-second (what one fully busy core would sustain).
+3. Closed loops of 32 and `--concurrency` clients for `--max-duration` s each, with `least-request` and with the
+   learned `lodestar`; reports requests/s, CPU per request, the router's CPU use (1.0 = one core busy) and requests
+   per CPU-second (what one fully busy core would sustain).
 4. Soak: `--rate` requests/s for `--soak` s through the gateway; the gateway's RSS every 5 s.
+5. `--peers`: the same phases 1-3 for peer routers (Rust, shipped as wheels: `pip install vllm-router sglang-router`
+   in a separate venv whose bin directory is `--peer-bin`), pinned to the same CPU, so that the figures stand side
+   by side from one run.
 """
 
 from __future__ import annotations

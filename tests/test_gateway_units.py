@@ -246,6 +246,21 @@ def test_observer_split_events_strip_usage_first_token():
     assert firsts.index(True) * 7 >= len(role)  # the role-only delta did not count
 
 
+def test_observer_counts_content_events_without_usage():
+    """Without a usage block the output tokens are the content events: [DONE] and the role delta are not counted,
+    whether events arrive whole (the pass-through path) or split anywhere."""
+    role = _ev({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+    toks = [_ev({"choices": [{"index": 0, "delta": {"content": f"t{i}"}, "finish_reason": None}]}) for i in range(5)]
+    stream = [role, *toks, toks[0] + toks[1], b"data: [DONE]\n\n"]  # two events in one chunk, then [DONE]
+    for step in (None, 5):
+        obs = StreamObserver(chat=True, strip_usage=False)
+        raw = b"".join(stream)
+        pieces = stream if step is None else [raw[i : i + step] for i in range(0, len(raw), step)]
+        out = b"".join(obs.feed(p) for p in pieces) + obs.finish()
+        assert out == raw and obs.done and obs.usage is None
+        assert obs.output_tokens() == 7, step
+
+
 def test_aggregator_chat_tools_and_completions():
     agg = Aggregator(chat=True)
     for obj in [

@@ -144,9 +144,9 @@ class StreamObserver:
         if data.strip() == b"[DONE]":
             self.done = True
             return True
-        self.content_events += 1
         agg = self.aggregator
         if self.first and agg is None and b'"usage"' not in data and b'"error"' not in data:
+            self.content_events += 1
             return True
         try:
             obj = json_codec.loads(data)
@@ -160,13 +160,14 @@ class StreamObserver:
         if not self.first and _has_content(obj, self.chat):
             self.first = True
             self._pass = agg is None
+        if self.first and obj.get("choices"):  # from the first content event on; not a role-only or usage-only one
+            self.content_events += 1
         if agg is not None:
             agg.add(obj)
         u = obj.get("usage")
         if isinstance(u, dict):
             self.usage = u
             if self.strip_usage and not obj.get("choices"):
-                self.content_events -= 1
                 return False
         return True
 
