@@ -162,7 +162,7 @@ def test_decision_log_and_explain(tmp_path):
     lines = [json.loads(x) for x in log.read_text().splitlines()]
     decisions = [x for x in lines if "candidates" in x]
     assert decisions and all(len(d["candidates"]) == 3 for d in decisions)
-    assert {d["mode"] for d in decisions} >= {"fallback", "learned"}
+    assert {d["mode"] for d in decisions} >= {"prior", "learned"}  # labelled hardware: the prior before ready
     out = explain(log)
     assert out["decisions"] == len({d["req"] for d in decisions})
     assert out["with_outcome"] > 0.9 * out["decisions"]
@@ -200,3 +200,23 @@ def test_lodestar_learns_mixed_gpus_without_discovery_labels(hetero_runs):
     sc.router.expose_labels = False
     s, _ = run_one(sc, "lodestar", seed=0)
     assert s["ttft_s"]["mean"] < 0.7 * hetero_runs["least-request"][0]["ttft_s"]["mean"]
+
+
+def test_cold_start_routes_on_the_calibrated_prior_when_hardware_is_known():
+    """Before the predictor is ready, a mixed fleet's slow GPU does not get cold long prefills by load balancing: with
+    catalogued labels the pick is the latency model's; with unknown hardware (or `cold_start: fallback`) it is the
+    fallback's (least-request: ties broken at random, so across seeds it picks the slow GPU too)."""
+    from lodestar.cluster_view import ClusterView, Endpoint
+    from lodestar.request import RequestInfo
+
+    def first_pick(seed: int, labelled: bool, cold_start: str) -> str:
+        pol = build_policy("lodestar", seed=seed, params={"cold_start": cold_start})
+        lab = (lambda gpu: {"gpu": gpu, "model": "llama-3-8b"}) if labelled else (lambda gpu: {})
+        eps = [Endpoint(f"e{k}", labels=lab(g)) for k, g in enumerate(["a10g", "a100-80g", "a10g", "a10g"])]
+        req = RequestInfo(id=1, arrival_s=0.0, prompt_tokens=8192, segment_keys=(1, 2), segment_tokens=(4096, 4096))
+        assert not pol.ready  # type: ignore[attr-defined]
+        return pol.choose(req, ClusterView(0.0, eps))
+
+    assert {first_pick(s, True, "prior") for s in range(8)} == {"e1"}
+    assert len({first_pick(s, True, "fallback") for s in range(8)}) > 1
+    assert len({first_pick(s, False, "prior") for s in range(8)}) > 1

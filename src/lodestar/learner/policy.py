@@ -12,20 +12,26 @@ whose evidence has decayed, get tried; the bonus shrinks as evidence accumulates
 in every `train_interval_s` of router time (explicit cadence: reproducible in simulation; the gateway may call
 `train` from a worker thread instead, see `train`).
 
-Cold start: the fallback policy routes until the predictor has `min_samples` scored predictions and its median
-relative error on them is at most `max_rel_err`; the switch is logged and recorded in `diagnostics()`. A saved
-model (`model_path`) starts warm.
+Cold start: until the predictor has `min_samples` scored predictions and its median relative error on them is at
+most `max_rel_err` (the switch is logged and recorded in `diagnostics()`), there is no exploration, and the pick is
+- with `cold_start: prior` (default) and every candidate's discovery labels naming a GPU and model of the latency
+  model's catalogue: the lowest predicted cost, where the predictions start at the calibrated latency model's own
+  answer (queue + own prefill, `PHYSICS_PRIOR`) and learn from the first sample on; so a mixed fleet's slow GPUs do
+  not get the first requests' long cold prefills, as they would from a load balancer;
+- otherwise (labels unknown, or `cold_start: fallback`): the `fallback` policy's choice.
+A saved model (`model_path`) starts warm.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
 from lodestar.cluster_view import ClusterView, Endpoint
+from lodestar.engine.hardware import GPUS, MODELS
 from lodestar.learner.features import PHYSICS_PRIOR, FeatureBuilder
 from lodestar.learner.model import OnlineLinearModel
 from lodestar.learner.rewards import RewardSpec, cost
@@ -37,6 +43,7 @@ log = logging.getLogger("lodestar.learner")
 
 class LodestarParams(PolicyParams):
     fallback: str = "least-request"
+    cold_start: Literal["prior", "fallback"] = "prior"
     reward: RewardSpec = Field(default_factory=RewardSpec)
     half_life_s: float = Field(60.0, gt=0)
     train_interval_s: float = Field(0.5, gt=0)
@@ -45,6 +52,7 @@ class LodestarParams(PolicyParams):
     explore_beta: float = Field(1.0, ge=0)
     explore_cap: float = Field(0.25, ge=0, le=1)
     probe_interval_s: float = Field(20.0, ge=0)  # 0 disables probing idle, unheard-of endpoints
+    probe_max_ratio: float = Field(2.0, gt=0)  # probe only with requests whose prior TTFT there is within this x best
     index_tokens: int | None = Field(None, gt=0)
     model_path: str | None = None
     decision_log: str | None = None
@@ -55,6 +63,11 @@ def _group(ep: Endpoint) -> str:
     """Endpoints that share hardware, model and token budget share a prior."""
     lab = ep.labels
     return f"{lab.get('gpu', '?')}/{lab.get('model', '?')}/{lab.get('max_num_batched_tokens', '?')}" if lab else "all"
+
+
+def _calibrated(ep: Endpoint) -> bool:
+    """Discovery says what hardware this is, and the latency model knows it: the physics prior is calibrated."""
+    return ep.labels.get("gpu") in GPUS and ep.labels.get("model") in MODELS
 
 
 @register_policy
@@ -128,11 +141,14 @@ class LodestarPolicy(Policy):
             if c[i] != c[greedy]:
                 self.explored += 1
             mode = "learned" if i == greedy else "explore"
-            probe = self._probe_candidate(eps, now)
+            probe = self._probe_candidate(eps, now, X @ PHYSICS_PRIOR, float(ttft.min()))
             if probe is not None:
                 i, mode = probe, "probe"
                 self.explored += 1
             pick = eps[i].id
+        elif self.p.cold_start == "prior" and all(_calibrated(e) for e in eps):
+            i = int(np.argmin(c))
+            pick, mode = eps[i].id, "prior"
         else:
             pick = self.fallback.choose(req, view)
             i = next(k for k, e in enumerate(eps) if e.id == pick)
@@ -144,15 +160,19 @@ class LodestarPolicy(Policy):
             log_decision(self, now, req, eps, ttft, c, pick, mode)
         return pick
 
-    def _probe_candidate(self, eps: list[Endpoint], now: float) -> int | None:
+    def _probe_candidate(self, eps: list[Endpoint], now: float, prior_ttft: np.ndarray, best: float) -> int | None:
         """An idle endpoint the model has not heard from for `probe_interval_s`, if any (at most one probe per
-        endpoint per interval). Without it, an endpoint whose estimate went bad during a congested episode could be
-        starved forever: no traffic, so no evidence that it recovered."""
+        endpoint per interval), provided this request is a cheap probe there: its TTFT by the calibrated latency
+        model alone (`prior_ttft`, which a stale bad estimate does not inflate) is within `probe_max_ratio` of the
+        best prediction. Without probes, an endpoint whose estimate went bad during a congested episode could be
+        starved forever: no traffic, so no evidence that it recovered. Without the cost check, a probe could be a
+        long cold prompt on a slow GPU (seconds of TTFT for one request)."""
         if self.p.probe_interval_s <= 0:
             return None
+        limit = self.p.probe_max_ratio * max(best, 1e-3)
         for k, e in enumerate(eps):
             last = self._last_sample.setdefault(e.id, now)
-            if now - last >= self.p.probe_interval_s and e.book.in_flight == 0:
+            if now - last >= self.p.probe_interval_s and e.book.in_flight == 0 and prior_ttft[k] <= limit:
                 self._last_sample[e.id] = now  # one probe per interval, whatever its outcome
                 return k
         return None
