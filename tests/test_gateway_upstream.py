@@ -309,3 +309,37 @@ def test_slow_client_backpressure_reaches_the_engine():
             w.close()
 
     run(go())
+
+
+def test_engine_client_reuses_connections_only_while_fresh():
+    """Keep-alive: a connection idle for less than `keepalive_s` is reused, an older one is dropped for a new one
+    (so the gateway, not the engine, ends idle connections); a body read to its end frees its connection."""
+    from lodestar.gateway.upstream import EngineClient
+
+    async def go():
+        engine = RawEngine(lambda n: sse_answer())
+        await engine.start()
+        client = EngineClient(connect_timeout_s=1.0, keepalive_s=0.3)
+        url = f"http://127.0.0.1:{engine.port}/v1/completions"
+
+        async def one() -> bytes:
+            conn = await client.post(url, b"{}", {"Content-Type": "application/json"}, 5.0)
+            got: list[bytes] = []
+            conn.attach(got.append)
+            assert conn.end is not None
+            await conn.end
+            client.release(conn)
+            return b"".join(got)
+
+        try:
+            assert (await one()).endswith(b"data: [DONE]\n\n")
+            await one()
+            assert engine.post_connections == 1  # reused
+            await asyncio.sleep(0.5)
+            await one()
+            assert engine.post_connections == 2  # too old: a new one
+        finally:
+            client.close()
+            await engine.stop()
+
+    run(go())

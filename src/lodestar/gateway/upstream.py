@@ -247,7 +247,8 @@ class EngineClient:
         now = asyncio.get_running_loop().time()
         while idle:
             c = idle.pop()
-            if not c.closed and now - c.idle_since < self.keepalive_s:
+            tr = c.transport
+            if not c.closed and tr is not None and not tr.is_closing() and now - c.idle_since < self.keepalive_s:
                 c.reused = True
                 return c
             c.close()
