@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import aiohttp
+import numpy as np
 
 from lodestar.cluster_view import ClusterView
 from lodestar.gateway.testing import FakeBackend, FakeSettings, running_gateway
@@ -473,5 +474,41 @@ def test_kubernetes_discovery_end_to_end():
         finally:
             await runner.cleanup()
             await fake.stop()
+
+    run(go())
+
+
+def test_learned_model_saved_periodically_and_at_shutdown_then_warm_starts(tmp_path):
+    """With `model_path`, the live learner's model is written while serving and at shutdown, and the next gateway
+    starts from it (no cold start)."""
+    from lodestar.policies.base import build_policy
+
+    path = tmp_path / "state" / "model.npz"
+
+    def learner() -> Any:
+        return build_policy("lodestar", params={"model_path": str(path), "train_interval_s": 0.05, "min_samples": 5})
+
+    async def go():
+        pol = learner()
+        assert not pol.ready  # nothing saved yet: cold start
+        fakes = [FakeSettings(tokens=2, ttft_s=0.01)] * 2
+        async with running_gateway(fakes, policy=pol, model_save_interval_s=0.2) as (gw, _):
+            async with aiohttp.ClientSession() as s:
+                req = {"model": "fake-model", "prompt": "x" * 200}
+                for _ in range(20):
+                    st, _b, _h = await post(s, base(gw) + "/v1/completions", req)
+                    assert st == 200
+            for _ in range(40):  # a periodic save while serving
+                if path.exists():
+                    break
+                await asyncio.sleep(0.05)
+            assert path.exists()
+            saved_at = path.stat().st_mtime_ns
+            n_before = int(pol.ttft_model.n_obs.sum() > 0)
+        assert path.stat().st_mtime_ns >= saved_at and n_before == 1  # and once more at shutdown
+        assert not list(path.parent.glob("*.tmp"))
+        warm = learner()
+        assert warm.ready and set(warm.ttft_model.rows) == {"e0", "e1"}
+        np.testing.assert_allclose(warm.ttft_model.theta, pol.ttft_model.theta)
 
     run(go())

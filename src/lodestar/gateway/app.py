@@ -5,7 +5,8 @@ Produces: an HTTP server with the OpenAI routes (`/v1/completions`, `/v1/chat/co
 operational routes (`/health`, `/ready`, `/metrics`) and the admin API (`/admin/...`, see `lodestar.gateway.admin`);
 background tasks (health checks and scraping per backend, Kubernetes discovery when configured, and the learner's
 training loop, which runs `policy.train(now)` in a worker thread every `train_interval_s`, so routing never waits
-for training).
+for training, and saves the learned model to the policy's `model_path`, when it has one, every
+`model_save_interval_s` and at shutdown; the same file warm-starts the next run).
 
 The policy sees, per decision, a `ClusterView` of the pool's candidates for the request's model: discovery facts
 (`Endpoint.id`, labels), the latest scrape (`Endpoint.metrics`, stamped), and the router's bookkeeping
@@ -169,6 +170,8 @@ class Gateway:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks and getattr(self.policy, "learning", False):
+            await self.save_model()  # what was learned since the last periodic save survives a restart
         self._tasks.clear()
         if self.kubernetes is not None:
             await self.kubernetes.close()
@@ -180,12 +183,32 @@ class Gateway:
     async def _train_loop(self) -> None:
         interval = float(getattr(getattr(self.policy, "p", None), "train_interval_s", 0.5))
         train = self.policy.train  # type: ignore[attr-defined]
+        next_save = self.clock.now() + self.cfg.model_save_interval_s
         while True:
             await asyncio.sleep(interval)
             try:
                 await asyncio.to_thread(train, self.clock.now())
             except Exception:
                 log.exception("policy training failed")
+            if self.clock.now() >= next_save:
+                next_save = self.clock.now() + self.cfg.model_save_interval_s
+                await self.save_model()
+
+    def _model_path(self) -> str | None:
+        return getattr(getattr(self.policy, "p", None), "model_path", None)
+
+    async def save_model(self) -> None:
+        """The learned model to its `model_path` (when it has one): copied here, between training steps, and
+        written atomically on a worker thread. A failure is logged; the gateway keeps serving."""
+        path = self._model_path()
+        if not path:
+            return
+        from lodestar.learner.persist import snapshot, write_model
+
+        try:
+            await asyncio.to_thread(write_model, path, *snapshot(self.policy))  # type: ignore[arg-type]
+        except Exception:
+            log.exception("saving the learned model failed", extra={"path": path})
 
     async def serve_forever(self) -> None:
         try:

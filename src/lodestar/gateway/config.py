@@ -71,6 +71,7 @@ class GatewayConfig(_Strict):
     policy: str = "least-request"
     policy_params: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
+    model_save_interval_s: float = Field(60.0, gt=0)  # the learner's model to its `model_path`, if it has one
     # engine metrics and health
     scrape_interval_s: float = Field(0.05, gt=0)
     scrape_timeout_s: float = Field(1.0, gt=0)

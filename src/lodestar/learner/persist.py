@@ -36,24 +36,34 @@ def _arrays(prefix: str, m: OnlineLinearModel) -> dict[str, np.ndarray]:
 
 def save_model(policy: LodestarPolicy, path: str | Path) -> None:
     """Write the policy's models to `path` atomically."""
-    path = Path(path)
+    write_model(path, *snapshot(policy))
+
+
+def snapshot(policy: LodestarPolicy) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A copy of the policy's models (header, arrays), consistent as of now. Take it where the models are not being
+    changed (between training steps, on the thread that routes), then write it anywhere with `write_model`."""
     header = {
         "format": FORMAT,
         "features": list(FEATURES),
-        "ttft_rows": policy.ttft_model.rows,
-        "ttft_groups": policy.ttft_model.group,
-        "tpot_rows": policy.tpot_model.rows if policy.tpot_model else None,
-        "tpot_groups": policy.tpot_model.group if policy.tpot_model else None,
+        "ttft_rows": dict(policy.ttft_model.rows),
+        "ttft_groups": dict(policy.ttft_model.group),
+        "tpot_rows": dict(policy.tpot_model.rows) if policy.tpot_model else None,
+        "tpot_groups": dict(policy.tpot_model.group) if policy.tpot_model else None,
     }
-    arrays = _arrays("ttft", policy.ttft_model)
+    arrays = {k: v.copy() for k, v in _arrays("ttft", policy.ttft_model).items()}
     if policy.tpot_model is not None:
-        arrays.update(_arrays("tpot", policy.tpot_model))
+        arrays.update({k: v.copy() for k, v in _arrays("tpot", policy.tpot_model).items()})
+    return header, arrays
+
+
+def write_model(path: str | Path, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Write a `snapshot` to `path` atomically (temporary file in the same folder, fsync, rename)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            arrays["header"] = np.array(json.dumps(header))
-            np.savez(f, **arrays)  # type: ignore[arg-type]
+            np.savez(f, header=np.array(json.dumps(header)), **arrays)  # type: ignore[arg-type]
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
