@@ -267,15 +267,18 @@ def test_body_until_close_and_interim_answer():
     """No length and no chunking: the body ends when the engine closes; a 100 Continue before the answer is skipped;
     the next request opens a new connection."""
     events = [event(0), event(1, "length"), b"data: [DONE]\n\n"]
-    head = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+    interim = b"HTTP/1.1 100 Continue\r\n\r\n"
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
 
     async def go():
-        engine = RawEngine(lambda n: [head, *events, CLOSE], step=5)
+        engine = RawEngine(lambda n: [interim, 0.1, head, *events, CLOSE], step=5)  # the real answer 0.1 s later
         async with gateway(engine) as (gw, s, url):
             for _ in range(2):
                 async with s.post(url, json=STREAM) as r:
                     assert r.status == 200 and await r.read() == b"".join(events)
             assert engine.post_connections == 2 and gw.book.endpoints["r"].book.completed_total == 2
+            ttfts = gw.metrics.registry.get_sample_value("lodestar_gateway_ttft_seconds_count", {"endpoint": "r"})
+            assert ttfts == 2  # streamed and observed as the 200 answer it is, not relayed as the 100's body
 
     run(go())
 

@@ -100,8 +100,10 @@ class EngineConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
-        self._head_done = True
         self.status = self._parser.get_status_code()
+        if self.status < 200:  # an interim 1xx answer: the real one follows (`on_message_complete` resets)
+            return
+        self._head_done = True
         self._keep_alive = self._parser.should_keep_alive()
         h = self.headers
         self._to_close = (
@@ -121,8 +123,8 @@ class EngineConnection(asyncio.Protocol):
             self._pending.append(body)
 
     def on_message_complete(self) -> None:
-        if self.status < 200:  # an interim 1xx answer: the real one follows
-            self._head_done, self.headers = False, {}
+        if self.status < 200:  # the end of an interim 1xx answer: forget its headers, wait for the real one
+            self.status, self.headers = 0, {}
             return
         self._finish()
 
