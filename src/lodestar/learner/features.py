@@ -47,13 +47,17 @@ REFERENCE_HARDWARE = {"gpu": "a100-80g", "model": "llama-3-8b", "tp": "1"}  # la
 METRICS_MAX_AGE_S = 5.0
 
 
+def hardware_known(labels: dict[str, str]) -> bool:
+    """Discovery labels name a GPU and a model of the latency model's catalogue (so its answers are calibrated)."""
+    return labels.get("gpu") in GPUS and labels.get("model") in MODELS
+
+
 def kv_tokens_from_labels(labels: dict[str, str]) -> int | None:
     """KV capacity (tokens) of an endpoint from its discovery labels (gpu, model, tp), if they are known."""
-    gpu, model = labels.get("gpu"), labels.get("model")
-    if gpu is None or model is None or gpu not in GPUS or model not in MODELS:
+    if not hardware_known(labels):
         return None
     try:
-        return PerfModel.create(gpu, model, int(labels.get("tp", "1"))).kv_capacity_tokens()
+        return PerfModel.create(labels["gpu"], labels["model"], int(labels.get("tp", "1"))).kv_capacity_tokens()
     except Exception:  # an impossible combination: fall back to the default
         return None
 
@@ -62,10 +66,9 @@ def perf_from_labels(labels: dict[str, str]) -> tuple[PerfModel, int]:
     """Latency model and token budget for an endpoint: from its labels, else the reference hardware (the linear
     model's per-endpoint coefficients then absorb the difference in speed)."""
     for lab in (labels, REFERENCE_HARDWARE):
-        gpu, model = lab.get("gpu"), lab.get("model")
-        if gpu in GPUS and model in MODELS:
+        if hardware_known(lab):
             try:
-                return PerfModel.create(gpu, model, int(lab.get("tp", "1"))), int(
+                return PerfModel.create(lab["gpu"], lab["model"], int(lab.get("tp", "1"))), int(
                     lab.get("max_num_batched_tokens", "8192")
                 )
             except Exception:

@@ -31,8 +31,7 @@ import numpy as np
 from pydantic import Field
 
 from lodestar.cluster_view import ClusterView, Endpoint
-from lodestar.engine.hardware import GPUS, MODELS
-from lodestar.learner.features import PHYSICS_PRIOR, FeatureBuilder
+from lodestar.learner.features import PHYSICS_PRIOR, FeatureBuilder, hardware_known
 from lodestar.learner.model import OnlineLinearModel
 from lodestar.learner.rewards import RewardSpec, cost
 from lodestar.policies.base import Policy, PolicyParams, build_policy, register_policy
@@ -63,11 +62,6 @@ def _group(ep: Endpoint) -> str:
     """Endpoints that share hardware, model and token budget share a prior."""
     lab = ep.labels
     return f"{lab.get('gpu', '?')}/{lab.get('model', '?')}/{lab.get('max_num_batched_tokens', '?')}" if lab else "all"
-
-
-def _calibrated(ep: Endpoint) -> bool:
-    """Discovery says what hardware this is, and the latency model knows it: the physics prior is calibrated."""
-    return ep.labels.get("gpu") in GPUS and ep.labels.get("model") in MODELS
 
 
 @register_policy
@@ -146,7 +140,7 @@ class LodestarPolicy(Policy):
                 i, mode = probe, "probe"
                 self.explored += 1
             pick = eps[i].id
-        elif self.p.cold_start == "prior" and all(_calibrated(e) for e in eps):
+        elif self.p.cold_start == "prior" and all(hardware_known(e.labels) for e in eps):
             i = int(np.argmin(c))
             pick, mode = eps[i].id, "prior"
         else:
